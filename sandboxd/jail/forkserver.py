@@ -1,0 +1,153 @@
+"""The fork server: a small single-threaded process that forks every box.
+
+Why a separate process: forking the asyncio daemon would copy its large page
+tables (slower) and any lock a uvloop/executor thread holds (unsafe). This
+process is started with a fresh interpreter (`python -m sandboxd.jail.forkserver`)
+before the daemon's event loop exists, imports only `sandboxd.jail` (and the
+kernel-facing packages it uses), and never starts a thread, so fork() here is
+both cheap and safe.
+
+It serves one request at a time on a SOCK_SEQPACKET socket (see protocol.py):
+SPAWN carries the spec as JSON and the box's stdin/stdout/stderr/report
+descriptors as SCM_RIGHTS; the reply is the pid of the box's first process.
+It reaps every box process it forked; results travel on each box's report
+pipe straight to the supervisor, never through here.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import prctl
+
+from . import mounts, protocol, seccomp, stage, userns
+from .spec import JailSpec, SeccompProfile
+
+USERMAP_TIMEOUT_S = 10.0
+
+
+class ForkServer:
+    def __init__(self, sock: socket.socket, root_dir: str) -> None:
+        self.sock = sock
+        self.root_dir = root_dir
+        self.filters: dict[SeccompProfile, bytes] = {}
+
+    def bpf_for(self, profile: SeccompProfile) -> bytes:
+        bpf = self.filters.get(profile)
+        if bpf is None:
+            bpf = self.filters[profile] = seccomp.compile_profile(profile)
+        return bpf
+
+    def serve(self) -> None:
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        while True:
+            ready, _, _ = select.select([self.sock, wake_r], [], [])
+            if wake_r in ready:
+                while True:
+                    try:
+                        os.read(wake_r, 4096)
+                    except BlockingIOError:
+                        break
+                self.reap()
+            if self.sock in ready:
+                msg, fds, _flags, _addr = socket.recv_fds(self.sock, protocol.MAX_MESSAGE, 8)
+                if not msg:
+                    return  # the daemon is gone
+                try:
+                    reply = self.spawn(protocol.decode(msg), fds)
+                except Exception as e:  # noqa: BLE001 - the daemon must get an answer
+                    reply = {"error": f"{type(e).__name__}: {e}"}
+                finally:
+                    for fd in fds:
+                        os.close(fd)
+                self.sock.send(protocol.encode(reply))
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+
+    def spawn(self, request: dict, fds: list[int]) -> dict:
+        if len(fds) != 4:
+            raise ValueError(f"SPAWN needs 4 descriptors, got {len(fds)}")
+        spec = JailSpec.from_wire(request["spec"])
+        plan = mounts.plan(spec, self.root_dir)
+        bpf = self.bpf_for(spec.seccomp)
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        me = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            parent_end.close()
+            stage.run_box(spec, plan, bpf, request["procs_files"], fds, child_end.fileno(), me)
+        child_end.close()
+        with parent_end:
+            parent_end.settimeout(USERMAP_TIMEOUT_S)
+            try:
+                asked = parent_end.recv(1)
+            except TimeoutError:
+                asked = b""
+            if asked == protocol.USERMAP_PLS:
+                try:
+                    userns.write_id_maps(pid, request["host_id"])
+                except OSError:
+                    pass  # the box sees EOF instead of the ACK and reports its usermap step
+                else:
+                    parent_end.send(protocol.USERMAP_ACK)
+            # Anything else: the box failed earlier and said why on its report pipe.
+        return {"pid": pid}
+
+
+class ForkServerProcess:
+    """Daemon side: starts the fork server and owns its socket (blocking calls)."""
+
+    def __init__(self, root_dir: str) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        package_parent = str(Path(__file__).resolve().parents[2])
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": package_parent}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sandboxd.jail.forkserver", str(theirs.fileno()), root_dir],
+            pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        self.sock = ours
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def main() -> None:
+    sock_fd, root_dir = int(sys.argv[1]), sys.argv[2]
+    # Die with the daemon: a box must never outlive the service that accounts for it.
+    prctl.set_pdeathsig(signal.SIGKILL)
+    prctl.set_name("sandboxd-fork")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C goes to the daemon, which stops us
+    sock = socket.socket(fileno=sock_fd)
+    # Warm up: compile the default filter and import everything before the first box.
+    server = ForkServer(sock, root_dir)
+    server.bpf_for(SeccompProfile())
+    server.serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""What a jail is asked to run (`JailSpec`) and what came of it (`JailOutcome`).
+
+Pure data, shared by the parent side (supervisor) and the child side (stage).
+The jail knows nothing of HTTP, languages or verdicts: a spec is an argv, an
+environment, a mount plan and limits; an outcome is what the kernel measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+BOX_UID = 1000  # uid and gid of the program inside every box (mapped to a per-slot host id)
+BOX_HOSTNAME = "sandbox"
+BOX_WORKDIR = "/box"
+
+
+@dataclass(frozen=True)
+class Bind:
+    """A host path made visible in the box. Read-only unless `writable`."""
+
+    source: str
+    target: str
+    writable: bool = False
+
+
+@dataclass(frozen=True)
+class BoxLimits:
+    cpu_ms: int
+    wall_ms: int
+    memory_bytes: int
+    processes: int = 64
+    output_bytes: int = 1 << 20  # per stream
+    open_files: int = 256
+    file_size_bytes: int = 64 << 20
+    stack_bytes: int = 0  # 0: unlimited (bounded by the memory limit)
+    cpu_share: float = 1.0  # CPUs the box may use at once
+
+
+@dataclass(frozen=True)
+class SeccompProfile:
+    """The allow-list is fixed in seccomp.py; a runtime may add syscalls by name."""
+
+    extra_syscalls: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class JailSpec:
+    argv: tuple[str, ...]
+    limits: BoxLimits
+    binds: tuple[Bind, ...] = ()
+    # Host paths that are symlinks on the host (e.g. /bin -> usr/bin on a merged-/usr
+    # system) are recreated as the same symlink inside: (link path, target).
+    symlinks: tuple[tuple[str, str], ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: str = BOX_WORKDIR
+    seccomp: SeccompProfile = field(default_factory=SeccompProfile)
+    stdin: bytes = b""
+    merge_stderr: bool = False  # compile steps: one stream keeps gcc's messages in order
+    slot: int = 0  # the box slot; picks the host uid/gid the program runs as
+
+    def to_wire(self) -> dict[str, Any]:
+        """The child-side part of the spec (no stdin: it travels as a file descriptor)."""
+        wire = asdict(self)
+        del wire["stdin"]
+        return wire
+
+    @staticmethod
+    def from_wire(data: dict[str, Any]) -> JailSpec:
+        return JailSpec(
+            argv=tuple(data["argv"]),
+            limits=BoxLimits(**data["limits"]),
+            binds=tuple(Bind(**b) for b in data["binds"]),
+            symlinks=tuple((a, b) for a, b in data["symlinks"]),
+            env=tuple((k, v) for k, v in data["env"]),
+            cwd=data["cwd"],
+            seccomp=SeccompProfile(extra_syscalls=tuple(data["seccomp"]["extra_syscalls"])),
+            merge_stderr=data["merge_stderr"],
+            slot=data["slot"],
+        )
+
+
+class Termination(str, Enum):
+    """Why the box ended; when several apply, each is also a flag on the outcome."""
+
+    EXITED = "exited"
+    SIGNALED = "signaled"
+    CPU_LIMIT = "cpu limit"
+    WALL_LIMIT = "wall limit"
+    MEMORY_LIMIT = "memory limit"
+    OUTPUT_LIMIT = "output limit"
+    SETUP_ERROR = "setup error"
+
+
+@dataclass(frozen=True)
+class JailOutcome:
+    termination: Termination
+    exit_code: int | None = None
+    signal: int | None = None
+    cpu_ms: int = 0
+    wall_ms: int = 0
+    memory_bytes: int = 0
+    stdout: bytes = b""
+    stderr: bytes = b""
+    # Every limit that was hit, whichever ended the run first.
+    cpu_exceeded: bool = False
+    wall_exceeded: bool = False
+    oom_killed: bool = False
+    output_exceeded: bool = False
+    setup_error: str | None = None  # "step: strerror" when the sandbox itself failed
+
+
+class JailError(Exception):
+    """The sandbox could not be built or run: never the program's fault."""

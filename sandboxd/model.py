@@ -1,0 +1,86 @@
+"""Pure data that crosses layers: submissions, limits, statuses and results.
+
+Nothing here does I/O. `Status` values are SPEC.md's exact strings, so they serialize as-is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class Status(str, Enum):
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    ACCEPTED = "Accepted"
+    WRONG_ANSWER = "Wrong Answer"
+    COMPILE_ERROR = "Compile Error"
+    RUNTIME_ERROR = "Runtime Error"
+    TIME_LIMIT_EXCEEDED = "Time Limit Exceeded"
+    MEMORY_LIMIT_EXCEEDED = "Memory Limit Exceeded"
+    OUTPUT_LIMIT_EXCEEDED = "Output Limit Exceeded"
+    INTERNAL_ERROR = "Internal Error"
+
+    @property
+    def is_final(self) -> bool:
+        return self not in (Status.QUEUED, Status.RUNNING)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Limits of the run step, as the client asked for them (already validated)."""
+
+    time_limit_ms: int
+    wall_time_limit_ms: int
+    memory_limit_mb: int
+
+
+@dataclass(frozen=True)
+class Submission:
+    language: str
+    source: str
+    limits: Limits
+    stdin: str = ""
+    expected_output: str | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    """The final (or pending) state of a submission, shaped like SPEC's JSON."""
+
+    status: Status
+    stdout: str = ""
+    stderr: str = ""
+    exit_code: int | None = None
+    signal: int | None = None
+    time_ms: int | None = None
+    wall_time_ms: int | None = None
+    memory_kb: int | None = None
+    compile_output: str = ""
+    # Why the sandbox failed (Internal Error only); never set for the program's own faults.
+    message: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self, submission_id: str) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "submission_id": submission_id,
+            "status": self.status.value,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+            "time_ms": self.time_ms,
+            "wall_time_ms": self.wall_time_ms,
+            "memory_kb": self.memory_kb,
+            "compile_output": self.compile_output,
+        }
+        if self.message is not None:
+            body["message"] = self.message
+        body.update(self.extra)
+        return body
+
+
+def pending(status: Status) -> Result:
+    """A Queued/Running placeholder: run fields are null until the job ends."""
+    return Result(status=status)
