@@ -46,6 +46,7 @@ P — the program
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import resource
@@ -90,10 +91,12 @@ def _step(name: str, fn, *args):
 # ------------------------------------------------------------------------------ D
 
 
-def _pdeathsig(expected_parent: int) -> None:
+def _pdeathsig(expected_parent: int | None) -> None:
     prctl.set_pdeathsig(signal.SIGKILL)
-    if os.getppid() != expected_parent:  # the parent died before pdeathsig was armed
-        os._exit(SETUP_FAILED)
+    # The parent may have died before pdeathsig was armed. (Not checkable for PID 1:
+    # its parent lives outside its PID namespace, so getppid() is always 0 there.)
+    if expected_parent is not None and os.getppid() != expected_parent:
+        raise OSError(errno.ESRCH, "parent exited during setup")
 
 
 def _join_cgroup(procs_files: list[str]) -> None:
@@ -154,10 +157,9 @@ def run_box(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, procs_files: list
     _step("unshare", L.unshare, ALL_NAMESPACES)
     _step("usermap", _usermap)
     _step("identity", _identity)
-    parent = os.getpid()
     init = _step("fork", os.fork)
     if init == 0:
-        _init(spec, plan, bpf, parent)
+        _init(spec, plan, bpf)
     # D holds nothing the box needs; it waits so that I's pdeathsig stays armed.
     _, status = os.waitpid(init, 0)
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
@@ -171,8 +173,8 @@ def _hostname() -> None:
     L.setdomainname("(none)")
 
 
-def _init(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, parent: int) -> NoReturn:
-    _step("pdeathsig", _pdeathsig, parent)
+def _init(spec: JailSpec, plan: list[mounts.Op], bpf: bytes) -> NoReturn:
+    _step("pdeathsig", _pdeathsig, None)
     _step("mounts", mounts.execute, plan)
     _step("loopback", netns.loopback_up)
     _step("hostname", _hostname)

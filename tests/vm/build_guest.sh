@@ -77,7 +77,7 @@ KVER=$(cat "$CACHE/kver")
 # The Debian kernel has CONFIG_PVH=y, so qemu can boot the plain ELF vmlinux directly.
 # run_in_guest.py uses .cache/vm/vmlinux when it exists and falls back to vmlinuz.
 if [ ! -s "$CACHE/vmlinux" ]; then
-    off=$(grep -obUaP '\xfd7zXZ\x00' "$CACHE/vmlinuz" | head -n1 | cut -d: -f1)
+    off=$(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$CACHE/vmlinuz" | head -n1 | cut -d: -f1)
     if [ -n "$off" ] && tail -c +$((off + 1)) "$CACHE/vmlinuz" | xz -dc --single-stream > "$CACHE/vmlinux.tmp" 2>/dev/null \
             && [ "$(head -c 4 "$CACHE/vmlinux.tmp" | od -An -c | tr -d ' ')" = "177ELF" ]; then
         mv "$CACHE/vmlinux.tmp" "$CACHE/vmlinux"
