@@ -101,6 +101,12 @@ def decide(
     raise AssertionError("unreachable: the last PRECEDENCE row always matches")
 
 
+def decided_by_compile(compile: JailOutcome) -> Status | None:
+    """The verdict when the compile step alone decides the submission, else None."""
+    status = decide(compile, None, None)
+    return None if status is Status.INTERNAL_ERROR and not _setup_failed(compile) else status
+
+
 _TRAILING = " \t\r"
 
 

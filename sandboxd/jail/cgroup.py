@@ -98,6 +98,12 @@ class Cgroup(ABC):
     def stats(self) -> CgroupStats: ...
 
     @abstractmethod
+    def start_program(self, memory_limit: int) -> int:
+        """The box's own setup is done and its program starts now: measure what the
+        setup processes use, grant the program its full `memory_limit` on top of that,
+        and restart the peak from here. Returns that baseline (bytes)."""
+
+    @abstractmethod
     def pids(self) -> list[int]: ...
 
     @abstractmethod
@@ -179,6 +185,35 @@ class V2Cgroup(Cgroup):
     def __init__(self, path: Path) -> None:
         self.path = path
         self.name = path.name
+        self._peak_fd: int | None = None
+
+    def start_program(self, memory_limit: int) -> int:
+        baseline = int(_read(self.path / "memory.current"))
+        _write(self.path / "memory.max", str(memory_limit + baseline))
+        # Linux 6.12: writing to memory.peak restarts it for reads through the same fd.
+        try:
+            fd = os.open(self.path / "memory.peak", os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return baseline
+        try:
+            os.write(fd, b"reset")
+        except OSError:
+            os.close(fd)
+        else:
+            self._peak_fd = fd
+        return baseline
+
+    def _peak(self) -> int:
+        if self._peak_fd is not None:
+            try:
+                return int(os.pread(self._peak_fd, 64, 0))
+            finally:
+                os.close(self._peak_fd)
+                self._peak_fd = None
+        try:
+            return int(_read(self.path / "memory.peak"))
+        except FileNotFoundError:  # kernels before 5.19 have no memory.peak
+            return int(_read(self.path / "memory.current"))
 
     @property
     def procs_files(self) -> tuple[str, ...]:
@@ -188,13 +223,9 @@ class V2Cgroup(Cgroup):
         return _keyed(_read(self.path / "cpu.stat"), "usage_usec") * 1000
 
     def stats(self) -> CgroupStats:
-        try:
-            peak = int(_read(self.path / "memory.peak"))
-        except FileNotFoundError:  # kernels before 5.19 have no memory.peak
-            peak = int(_read(self.path / "memory.current"))
         return CgroupStats(
             cpu_ns=self.cpu_ns(),
-            memory_peak_bytes=peak,
+            memory_peak_bytes=self._peak(),
             oom_kills=_keyed(_read(self.path / "memory.events"), "oom_kill"),
         )
 
@@ -212,6 +243,9 @@ class V2Cgroup(Cgroup):
                 _freeze_kill_thaw(self.path / "cgroup.freeze", "1", "0", self.pids)
 
     def remove(self) -> None:
+        if self._peak_fd is not None:
+            os.close(self._peak_fd)
+            self._peak_fd = None
         _rmdir_retry(self.path)
 
 
@@ -309,6 +343,17 @@ class V1Cgroup(Cgroup):
 
     def cpu_ns(self) -> int:
         return int(_read(self.dirs["cpuacct"] / "cpuacct.usage"))
+
+    def start_program(self, memory_limit: int) -> int:
+        memory = self.dirs["memory"]
+        baseline = int(_read(memory / "memory.usage_in_bytes"))
+        limit = str(memory_limit + baseline)
+        # Raising: memsw (memory + swap) first, as it may never be below the memory limit.
+        if (memory / "memory.memsw.limit_in_bytes").exists():
+            _write(memory / "memory.memsw.limit_in_bytes", limit)
+        _write(memory / "memory.limit_in_bytes", limit)
+        _write(memory / "memory.max_usage_in_bytes", "0")  # restart the peak from now
+        return baseline
 
     def stats(self) -> CgroupStats:
         memory = self.dirs["memory"]

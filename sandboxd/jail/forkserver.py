@@ -80,8 +80,8 @@ class ForkServer:
                 return
 
     def spawn(self, request: dict, fds: list[int]) -> dict:
-        if len(fds) != 4:
-            raise ValueError(f"SPAWN needs 4 descriptors, got {len(fds)}")
+        if len(fds) != protocol.SPAWN_FDS:
+            raise ValueError(f"SPAWN needs {protocol.SPAWN_FDS} descriptors, got {len(fds)}")
         spec = JailSpec.from_wire(request["spec"])
         plan = mounts.plan(spec, self.root_dir)
         bpf = self.bpf_for(spec.seccomp)

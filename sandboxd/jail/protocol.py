@@ -11,7 +11,8 @@
                             <-- SPAWNED {pid of D}               I: mounts, pivot_root,
                                                                     lo up, hostname
                         <------------------------------------- STARTED   (report pipe)
-                                                                 I forks P: caps, nnp,
+    baselines, memory limit
+    GO (go pipe) ----------------------------------------------> I forks P: caps, nnp,
                                                                  seccomp, execve
                         <------------------------------------- EXITED {wait status}
                         <------------------------------------- EOF: D, I, P all gone
@@ -32,8 +33,10 @@ from dataclasses import dataclass
 MAX_MESSAGE = 1 << 20
 USERMAP_PLS = b"U"
 USERMAP_ACK = b"A"
+GO = b"G"
 # Descriptor order of a SPAWN request (SCM_RIGHTS).
-FD_STDIN, FD_STDOUT, FD_STDERR, FD_REPORT = range(4)
+FD_STDIN, FD_STDOUT, FD_STDERR, FD_REPORT, FD_GO = range(5)
+SPAWN_FDS = 5
 
 
 def encode(message: dict) -> bytes:

@@ -30,7 +30,8 @@ I — PID 1, capabilities only inside the box's user namespace
   loopback      `lo` up in the new network namespace
   hostname      "sandbox"
   dumpable      off: the program (same uid) cannot read I's memory through /proc
-  STARTED       tell the supervisor the program is about to start (wall clock, CPU baseline)
+  go            STARTED to the supervisor, which takes its CPU and memory baselines and
+                answers GO: the program's clock starts only then
   fork          P, the program. The program is never PID 1: the kernel ignores
                 default-action signals sent to an init, so abort() would not die
   reap          reap every child; when P ends send EXITED {status}, then exit:
@@ -61,6 +62,8 @@ from . import mounts, netns, protocol
 from .spec import BOX_HOSTNAME, BOX_UID, JailSpec
 
 REPORT_FD = 3
+GO_FD = 4
+SYNC_FD = 5
 CAP_LAST = int(open("/proc/sys/kernel/cap_last_cap").read())
 SETUP_FAILED = 127
 ALL_NAMESPACES = (L.CLONE_NEWUSER | L.CLONE_NEWNS | L.CLONE_NEWPID | L.CLONE_NEWNET
@@ -108,13 +111,13 @@ def _join_cgroup(procs_files: list[str]) -> None:
             os.close(fd)
 
 
-def _stdio(stdin: int, stdout: int, stderr: int, report: int, sync: int) -> None:
+def _stdio(fds: list[int], sync: int) -> None:
     # Copy everything above the target range first, so no dup2 clobbers a source.
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100)
-            for fd in (stdin, stdout, stderr, report, sync)]
+    # Result: 0-2 stdio, 3 report pipe, 4 go pipe, 5 sync socket; the rest closed.
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in (*fds, sync)]
     for target, fd in enumerate(high):
         os.dup2(fd, target, inheritable=target <= 2)
-    os.closerange(5, 1 << 20)
+    os.closerange(SYNC_FD + 1, 1 << 20)
 
 
 def _rlimits(spec: JailSpec) -> None:
@@ -131,10 +134,10 @@ def _rlimits(spec: JailSpec) -> None:
 
 
 def _usermap() -> None:
-    os.write(4, protocol.USERMAP_PLS)
-    if os.read(4, 1) != protocol.USERMAP_ACK:
+    os.write(SYNC_FD, protocol.USERMAP_PLS)
+    if os.read(SYNC_FD, 1) != protocol.USERMAP_ACK:
         raise OSError(0, "fork server did not write the id maps")
-    os.close(4)
+    os.close(SYNC_FD)
 
 
 def _identity() -> None:
@@ -150,8 +153,7 @@ def run_box(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, procs_files: list
     _step("pdeathsig", _pdeathsig, server_pid)
     _step("cgroup", _join_cgroup, procs_files)
     _step("session", os.setsid)
-    _step("stdio", _stdio, fds[protocol.FD_STDIN], fds[protocol.FD_STDOUT],
-          fds[protocol.FD_STDERR], fds[protocol.FD_REPORT], sync)
+    _step("stdio", _stdio, fds, sync)
     _step("rlimits", _rlimits, spec)
     _step("groups", os.setgroups, [])
     _step("unshare", L.unshare, ALL_NAMESPACES)
@@ -173,13 +175,22 @@ def _hostname() -> None:
     L.setdomainname("(none)")
 
 
+def _ready_set_go() -> None:
+    # The supervisor measures the setup's CPU and memory, grants the program its memory
+    # limit on top, and only then lets it start: exact accounting, no race.
+    protocol.report(REPORT_FD, {"kind": "STARTED"})
+    if os.read(GO_FD, 1) != protocol.GO:
+        raise OSError(errno.ECANCELED, "supervisor did not let the program start")
+    os.close(GO_FD)
+
+
 def _init(spec: JailSpec, plan: list[mounts.Op], bpf: bytes) -> NoReturn:
     _step("pdeathsig", _pdeathsig, None)
     _step("mounts", mounts.execute, plan)
     _step("loopback", netns.loopback_up)
     _step("hostname", _hostname)
     _step("dumpable", prctl.set_dumpable, False)
-    protocol.report(REPORT_FD, {"kind": "STARTED"})
+    _step("go", _ready_set_go)
     started = time.monotonic_ns()
     program = _step("fork", os.fork)
     if program == 0:

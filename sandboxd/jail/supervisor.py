@@ -213,6 +213,8 @@ class _BoxRun:
         self.host_id = host_id
         self.started_at: float | None = None
         self.cpu_baseline_ns = 0
+        self.memory_baseline = 0
+        self.go_fd = -1
         self.killed = False
         self.cpu_exceeded = False
         self.wall_exceeded = False
@@ -225,10 +227,17 @@ class _BoxRun:
 
     def _on_report(self) -> None:
         if self.started_at is None and b'"STARTED"' in self.report.buf:
-            # The program starts now: its wall clock and CPU time count from here, not
-            # from the milliseconds the box's own setup took.
+            # The box's setup is done and waits for GO: take the baselines now, so the
+            # program's CPU time and memory exclude the milliseconds the setup took.
+            try:
+                self.cpu_baseline_ns = self.box.cpu_ns()
+                self.memory_baseline = self.box.start_program(self.limits.memory_bytes)
+                os.write(self.go_fd, protocol.GO)
+            except OSError:
+                self.kill()  # the box died meanwhile; its report says why
             self.started_at = time.monotonic()
-            self.cpu_baseline_ns = self.box.cpu_ns()
+            os.close(self.go_fd)
+            self.go_fd = -1
 
     def _on_overflow(self) -> None:
         self.output_exceeded = True
@@ -238,7 +247,7 @@ class _BoxRun:
         fds = self._open_fds()
         child_ends = fds["child"]
         try:
-            out_r, err_r, rep_r = fds["parent"]
+            out_r, err_r, rep_r, self.go_fd = fds["parent"]
             self.stdout = _PipeReader(out_r, self.limits.output_bytes,
                                       on_overflow=self._on_overflow)
             self.stderr = (_PipeReader(err_r, self.limits.output_bytes,
@@ -253,11 +262,18 @@ class _BoxRun:
                 reader = getattr(self, r, None)
                 if reader is not None:
                     reader.close()
+            os.close(self.go_fd)
+            self.go_fd = -1
             raise
         finally:
             for fd in set(child_ends):
                 os.close(fd)
-        await self._watch()
+        try:
+            await self._watch()
+        finally:
+            if self.go_fd >= 0:
+                os.close(self.go_fd)
+                self.go_fd = -1
         self.kill()  # anything the program left behind dies with the box
         readers = [r for r in (self.stdout, self.stderr, self.report) if r is not None]
         _done, pending = await asyncio.wait([r.done for r in readers], timeout=DRAIN_TIMEOUT_S)
@@ -277,7 +293,8 @@ class _BoxRun:
         else:
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
         rep_r, rep_w = os.pipe2(os.O_CLOEXEC)
-        return {"child": [stdin, out_w, err_w, rep_w], "parent": (out_r, err_r, rep_r)}
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)
+        return {"child": [stdin, out_w, err_w, rep_w, go_r], "parent": (out_r, err_r, rep_r, go_w)}
 
     async def _watch(self) -> None:
         """Wait for the report pipe's EOF (the box is gone), enforcing the limits."""
@@ -351,7 +368,7 @@ class _BoxRun:
             signal=sig,
             cpu_ms=cpu_ms,
             wall_ms=wall_ms,
-            memory_bytes=stats.memory_peak_bytes,
+            memory_bytes=max(0, stats.memory_peak_bytes - self.memory_baseline),
             stdout=bytes(self.stdout.buf),
             stderr=bytes(self.stderr.buf) if self.stderr else b"",
             cpu_exceeded=cpu_exceeded,

@@ -194,7 +194,10 @@ $BB mkfifo /run/vm/out.fifo
 $BB tee "$R/output.log" < /run/vm/out.fifo &
 tee_pid=$!
 if [ -f "$R/job.sh" ]; then
-    $BB sh "$R/job.sh" > /run/vm/out.fifo 2>&1 < /dev/null
+    # The host's /bin/sh (dash), not busybox ash: with busybox's "prefer applets"
+    # build, ash would run its own applets in place of the real programs.
+    JSH="/bin/sh"; [ -x "$JSH" ] || JSH="$BB sh"
+    $JSH "$R/job.sh" > /run/vm/out.fifo 2>&1 < /dev/null
     rc=$?
 else
     echo "[vm-init] no job.sh on the results share" > /run/vm/out.fifo

@@ -44,6 +44,8 @@ BASE_ENV = {
     "VM_RESULTS_DIR": GUEST_RESULTS,
     "SANDBOXD_VM_LANE": "1",
 }
+HOST_ENV = "/usr/bin/env" if os.path.exists("/usr/bin/env") else (shutil.which("env") or "env")
+DEFAULT_CPU = "max"
 EXIT_TIMEOUT = 124
 EXIT_NO_STATUS = 125
 
@@ -71,6 +73,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--cgroup", metavar="NAME",
                    help="enable all controllers at the root and run CMD in the child cgroup "
                         "/NAME (like a systemd unit) instead of in the root cgroup")
+    p.add_argument("--cpu", default=DEFAULT_CPU,
+                   help=f"qemu -cpu model (default {DEFAULT_CPU})")
     p.add_argument("--accel", default="tcg", help="qemu accelerator (default tcg; kvm does not work here)")
     p.add_argument("--verbose", "-v", action="store_true",
                    help="show kernel messages and the qemu command line")
@@ -114,7 +118,9 @@ def job_script(cmd: list[str], cwd: str, env: dict[str, str], cgroup: str | None
         ]
     lines += [
         f"cd {q(cwd)} || {{ echo \"run_in_guest: cannot cd to {q(cwd)} in the guest\"; exit 125; }}",
-        "exec " + " ".join([q(GUEST_BUSYBOX), "env", "-i"]
+        # The host's env(1), not busybox's: busybox would run its own applets
+        # (sh, unshare, ...) in place of the real programs of the same name.
+        "exec " + " ".join([q(HOST_ENV), "-i"]
                            + [q(f"{k}={v}") for k, v in env.items()]
                            + [q(c) for c in cmd]),
     ]
@@ -139,7 +145,7 @@ def qemu_argv(a: argparse.Namespace, results: str) -> list[str]:
     accel = a.accel + (",thread=multi" if a.accel == "tcg" and a.smp > 1 else "")
     return [
         qemu, "-nodefaults", "-no-user-config", "-no-reboot",
-        "-machine", "pc", "-accel", accel, "-cpu", "max",
+        "-machine", "pc", "-accel", accel, "-cpu", a.cpu,
         "-smp", str(a.smp), "-m", str(a.mem),
         "-display", "none", "-monitor", "none",
         "-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",

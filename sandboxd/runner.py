@@ -1,0 +1,135 @@
+"""A submission -> compile box -> run box -> verdict. Owns the workspace.
+
+Both steps of a submission share one box slot (so one host uid) and one
+workspace tmpfs: the compile box writes its binary into /box and the run box
+finds it there. The daemon itself never reads what a box wrote (workspace.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from sandboxd.config import MIB, Config
+from sandboxd.jail.spec import BoxLimits, JailError, JailOutcome, JailSpec, SeccompProfile
+from sandboxd.jail.supervisor import Sandbox
+from sandboxd.jail.workspace import Workspace
+from sandboxd.languages import Language, Registry, parse_version
+from sandboxd.model import Limits, Result, Status, Submission
+from sandboxd.verdict import decide, decided_by_compile, to_result
+
+log = logging.getLogger(__name__)
+
+# A program that fails while its peak memory is this close to the limit failed because
+# of the limit (an allocation refused, a runtime's own OutOfMemoryError), even when the
+# kernel's OOM killer did not have to step in.
+MEMORY_LIMIT_FAILURE_RATIO = 0.95
+
+
+class Runner:
+    def __init__(self, sandbox: Sandbox, languages: Registry, config: Config) -> None:
+        self.sandbox = sandbox
+        self.languages = languages
+        self.config = config
+
+    @property
+    def healthy(self) -> bool:
+        return self.sandbox.healthy
+
+    async def run(self, submission: Submission) -> Result:
+        lang = self.languages[submission.language]
+        try:
+            return await self._run(lang, submission)
+        except JailError as e:
+            log.error("sandbox failure for %s: %s", submission.language, e)
+            return Result(status=Status.INTERNAL_ERROR, message=f"sandbox failure: {e}")
+
+    async def _run(self, lang: Language, submission: Submission) -> Result:
+        async with self.sandbox.slot() as slot:
+            try:
+                workspace = self.sandbox.workspace(slot, self.config.sandbox.disk_limit_mb)
+            except OSError as e:
+                raise JailError(f"workspace: {e}") from None
+            try:
+                workspace.write_file(lang.source, submission.source.encode())
+                compiled: JailOutcome | None = None
+                if lang.compile is not None:
+                    compiled = await self.sandbox.run(self._spec(
+                        lang, lang.compile, self._compile_limits(lang), slot, workspace,
+                        merge_stderr=True))
+                    verdict = decided_by_compile(compiled)
+                    if verdict is not None:
+                        return to_result(verdict, compiled, None)
+                ran = await self.sandbox.run(self._spec(
+                    lang, lang.run_argv(submission.limits.memory_limit_mb),
+                    self._run_limits(lang, submission.limits), slot, workspace,
+                    stdin=submission.stdin.encode()))
+                ran = self._attribute_memory_failure(ran, submission.limits)
+                status = decide(compiled, ran, submission.expected_output)
+                return to_result(status, compiled, ran)
+            finally:
+                workspace.destroy()
+
+    async def version(self, lang: Language) -> str | None:
+        """The toolchain's version, asked in a real box (doubles as a start-up self-test)."""
+        assert lang.version_command is not None
+        async with self.sandbox.slot() as slot:
+            workspace = self.sandbox.workspace(slot, self.config.sandbox.disk_limit_mb)
+            try:
+                outcome = await self.sandbox.run(self._spec(
+                    lang, lang.version_command, self._compile_limits(lang), slot, workspace,
+                    merge_stderr=True))
+            finally:
+                workspace.destroy()
+        if outcome.exit_code != 0:
+            return None
+        return parse_version(outcome.stdout.decode(errors="replace"))
+
+    def _box_limits(self, *, cpu_ms: int, wall_ms: int, memory_mb: int,
+                    processes: int) -> BoxLimits:
+        sb = self.config.sandbox
+        return BoxLimits(
+            cpu_ms=cpu_ms,
+            wall_ms=wall_ms,
+            memory_bytes=memory_mb * MIB,
+            processes=processes,
+            output_bytes=sb.output_limit_bytes,
+            open_files=sb.open_files,
+            file_size_bytes=sb.disk_limit_mb * MIB,
+            stack_bytes=sb.stack_limit_mb * MIB,
+            cpu_share=sb.cpu_share,
+        )
+
+    def _compile_limits(self, lang: Language) -> BoxLimits:
+        c = self.config.sandbox.compile
+        return self._box_limits(cpu_ms=c.cpu_ms, wall_ms=c.wall_ms, memory_mb=c.memory_mb,
+                                processes=max(c.processes, lang.processes or 0))
+
+    def _run_limits(self, lang: Language, limits: Limits) -> BoxLimits:
+        return self._box_limits(
+            cpu_ms=limits.time_limit_ms, wall_ms=limits.wall_time_limit_ms,
+            memory_mb=limits.memory_limit_mb,
+            processes=lang.processes or self.config.sandbox.processes)
+
+    def _spec(self, lang: Language, argv: tuple[str, ...], limits: BoxLimits, slot: int,
+              workspace: Workspace, *, stdin: bytes = b"", merge_stderr: bool = False
+              ) -> JailSpec:
+        return JailSpec(
+            argv=argv,
+            limits=limits,
+            binds=lang.rootfs.binds + workspace.binds_for_next_step(),
+            symlinks=lang.rootfs.symlinks,
+            env=lang.env,
+            seccomp=SeccompProfile(lang.extra_syscalls),
+            stdin=stdin,
+            merge_stderr=merge_stderr,
+            slot=slot,
+        )
+
+    @staticmethod
+    def _attribute_memory_failure(ran: JailOutcome, limits: Limits) -> JailOutcome:
+        failed = ran.exit_code not in (0, None) or ran.signal is not None
+        near_limit = ran.memory_bytes >= MEMORY_LIMIT_FAILURE_RATIO * limits.memory_limit_mb * MIB
+        if failed and near_limit and not ran.oom_killed:
+            return dataclasses.replace(ran, oom_killed=True)
+        return ran

@@ -1,0 +1,107 @@
+"""Composition root: config -> languages -> sandbox -> runner -> service -> aiohttp app.
+
+Also the process lifecycle: start-up checks (every language's seccomp profile
+compiles, every toolchain answers its version command in a real box), serving,
+and a graceful drain on SIGTERM/SIGINT: stop accepting, finish what runs, kill
+what remains, remove every cgroup and workspace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from sandboxd import api
+from sandboxd import languages as languages_mod
+from sandboxd.config import Config
+from sandboxd.jail import seccomp
+from sandboxd.jail.spec import SeccompProfile
+from sandboxd.jail.supervisor import Sandbox
+from sandboxd.runner import Runner
+from sandboxd.service import Service
+
+log = logging.getLogger("sandboxd")
+
+DRAIN_TIMEOUT_S = 30.0
+
+
+class StartupError(Exception):
+    """The daemon cannot serve; the message is the one line the operator sees."""
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise StartupError(f"--listen: expected HOST:PORT, got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+def load_languages(config: Config) -> languages_mod.Registry:
+    try:
+        registry = languages_mod.load(config.server.languages_file, config.sandbox.rootfs_dir)
+    except languages_mod.LanguageError as e:
+        raise StartupError(str(e)) from None
+    for lang in registry:
+        try:
+            seccomp.build_filter(SeccompProfile(lang.extra_syscalls))
+        except ValueError as e:
+            raise StartupError(f"language {lang.id}: extra_syscalls: {e}") from None
+    return registry
+
+
+def make_sandbox(config: Config) -> Sandbox:
+    sb = config.sandbox
+    return Sandbox(state_dir=sb.state_dir, slots=config.server.worker_count,
+                   uid_base=sb.uid_base, cgroup_version=sb.cgroup_version,
+                   cgroup_root=sb.cgroup_root)
+
+
+async def probe_versions(runner: Runner, registry: languages_mod.Registry) -> None:
+    async def probe(lang: languages_mod.Language) -> None:
+        version = await runner.version(lang)
+        registry.set_version(lang.id, version)
+        if version is None:
+            log.warning("language %s: version command gave no version", lang.id)
+
+    await asyncio.gather(*(probe(lang) for lang in registry if lang.version_command))
+
+
+async def serve(config: Config) -> None:
+    host, port = parse_listen(config.server.listen)
+    registry = load_languages(config)
+    try:
+        sandbox = make_sandbox(config)
+        sandbox.start()
+    except Exception as e:
+        raise StartupError(f"cannot set up sandboxes: {e}") from None
+    try:
+        runner = Runner(sandbox, registry, config)
+        await probe_versions(runner, registry)
+        service = Service(runner, workers=config.server.worker_count,
+                          queue_size=config.server.queue_size,
+                          results_kept=config.server.results_kept)
+        await service.start()
+        app = api.create_app(service, registry, config)
+        app_runner = web.AppRunner(app, access_log=None)
+        await app_runner.setup()
+        site = web.TCPSite(app_runner, host, port)
+        try:
+            await site.start()
+        except OSError as e:
+            raise StartupError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+        log.info("sandboxd listening on http://%s:%d (cgroup %s, %d workers, %d languages)",
+                 host, port, sandbox.cgroup_version, config.server.worker_count, len(registry))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("sandboxd: draining (up to %.0f s)", DRAIN_TIMEOUT_S)
+        await site.stop()
+        await service.stop(DRAIN_TIMEOUT_S)
+        await app_runner.cleanup()
+    finally:
+        sandbox.close()
