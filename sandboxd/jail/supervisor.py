@@ -123,6 +123,7 @@ class Sandbox:
         self._forkserver: ForkServerProcess | None = None
         self._client: _ForkServerClient | None = None
         self._free_slots: asyncio.Queue[int] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._workspaces = 0
 
     @property
@@ -155,13 +156,24 @@ class Sandbox:
     def host_id(self, slot: int) -> int:
         return self.uid_base + slot
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[int]:
-        """A box slot: its host uid/gid is used by no other box while held."""
-        if self._free_slots is None:
+    def _bind_loop(self) -> None:
+        # The slot queue and the fork server client belong to one event loop; a new loop
+        # (a test suite's, say) gets fresh ones. The daemon only ever has one loop.
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            if self._forkserver is None:
+                raise JailError("sandbox not started")
+            self._loop = loop
+            self._client = _ForkServerClient(self._forkserver)
             self._free_slots = asyncio.Queue()
             for s in range(self.slot_count):
                 self._free_slots.put_nowait(s)
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[int]:
+        """A box slot: its host uid/gid is used by no other box while held."""
+        self._bind_loop()
+        assert self._free_slots is not None
         slot = await self._free_slots.get()
         try:
             yield slot
@@ -176,10 +188,8 @@ class Sandbox:
     # -- running a box ----------------------------------------------------------------
 
     async def run(self, spec: JailSpec) -> JailOutcome:
-        if self._forkserver is None:
-            raise JailError("sandbox not started")
-        if self._client is None:
-            self._client = _ForkServerClient(self._forkserver)
+        self._bind_loop()
+        assert self._client is not None
         lim = spec.limits
         box = self.cgroups.create(cg.CgroupLimits(lim.memory_bytes, lim.processes,
                                                   lim.cpu_share))

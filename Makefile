@@ -1,0 +1,60 @@
+# sandboxd: `make run` installs everything and serves on 127.0.0.1:8080; `make test` runs
+# the whole suite (unit, kernel integration, HTTP end-to-end, then the cgroup v2 VM lane).
+# Needs root on Debian 12 (apt packages, namespaces, cgroups).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+LISTEN ?= 127.0.0.1:8080
+# Build deps (libcap-dev for python-prctl), the seccomp runtime, the toolchains of
+# languages.toml, and what the cgroup v2 VM lane boots with.
+APT_PACKAGES := libcap-dev libseccomp2 python3-venv python3-dev gcc g++ make \
+	openjdk-17-jdk-headless nodejs curl \
+	qemu-system-x86 busybox-static cpio kmod
+
+.PHONY: deps run test test-unit test-host test-v2 lint bench clean
+
+deps: $(VENV)/.installed
+
+# apt only when something is missing, so a second run is fast and offline.
+.apt-stamp:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+	@touch $@
+
+$(VENV)/.installed: pyproject.toml .apt-stamp
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+run: deps
+	$(VENV)/bin/sandboxd serve --listen $(LISTEN)
+
+test: deps
+	$(PY) -m pytest tests -ra
+	$(MAKE) test-v2
+
+test-unit: deps
+	$(PY) -m pytest tests/unit -q
+
+test-host: deps
+	$(PY) -m pytest tests -ra
+
+# cgroup v2 proven on a real v2 kernel: Debian 12's kernel under qemu (tests/vm/README.md).
+test-v2: deps
+	$(PY) tests/vm/run_v2_lane.py
+
+lint: deps
+	$(VENV)/bin/ruff check sandboxd tests bench
+	$(VENV)/bin/mypy sandboxd
+
+bench: deps
+	$(PY) bench/overhead.py
+
+clean:
+	rm -rf $(VENV) .apt-stamp .cache .pytest_cache

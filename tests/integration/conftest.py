@@ -1,0 +1,80 @@
+"""Fixtures for kernel tests: one real Sandbox (fork server, cgroups) per session.
+
+The cgroup backend is whatever this host offers (`detect("auto")`: v1 on our
+hybrid CI host, v2 inside the VM lane); SANDBOXD_TEST_CGROUP forces one. Test ids
+carry the backend, so a report says which kernel path each result proves.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from sandboxd import config as config_mod
+from sandboxd import languages
+from sandboxd.jail.supervisor import Sandbox
+from sandboxd.model import Limits, Result, Submission
+from sandboxd.runner import Runner
+from tests.conftest import require_kernel
+
+STATE_DIR = f"/run/sandboxd-test-{os.getpid()}"
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[Sandbox]:
+    require_kernel()
+    sb = Sandbox(state_dir=STATE_DIR, slots=2,
+                 cgroup_version=os.environ.get("SANDBOXD_TEST_CGROUP", "auto"))
+    sb.start()
+    try:
+        yield sb
+    finally:
+        sb.close()
+
+
+@pytest.fixture(scope="session")
+def config() -> config_mod.Config:
+    return config_mod.Config()
+
+
+@pytest.fixture(scope="session")
+def registry(config: config_mod.Config) -> languages.Registry:
+    return languages.load(config.server.languages_file, config.sandbox.rootfs_dir)
+
+
+@pytest.fixture(scope="session")
+def runner(sandbox: Sandbox, registry: languages.Registry, config) -> Runner:
+    return Runner(sandbox, registry, config)
+
+
+@pytest.fixture
+def execute(runner: Runner):
+    """`await execute(language, source, stdin=..., time_limit_ms=..., ...)` -> Result."""
+
+    async def run(language: str, source: str, stdin: str = "", *, time_limit_ms: int = 2000,
+                  wall_time_limit_ms: int | None = None, memory_limit_mb: int = 256,
+                  expected_output: str | None = None) -> Result:
+        limits = Limits(time_limit_ms=time_limit_ms,
+                        wall_time_limit_ms=wall_time_limit_ms or 2 * time_limit_ms + 1000,
+                        memory_limit_mb=memory_limit_mb)
+        return await runner.run(Submission(language=language, source=source, limits=limits,
+                                           stdin=stdin, expected_output=expected_output))
+
+    return run
+
+
+def pytest_collection_modifyitems(config, items):
+    # Name the cgroup backend in every kernel test's report line.
+    from tests.conftest import kernel_unavailable
+
+    if kernel_unavailable() is not None:
+        return
+    from sandboxd.jail import cgroup
+
+    version = cgroup.detect(os.environ.get("SANDBOXD_TEST_CGROUP", "auto")).version
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.kernel)
+            item.user_properties.append(("cgroup", version))
