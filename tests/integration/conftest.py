@@ -19,7 +19,7 @@ from sandboxd.model import Limits, Result, Submission
 from sandboxd.runner import Runner
 from tests.conftest import require_kernel
 
-STATE_DIR = f"/run/sandboxd-test-{os.getpid()}"
+STATE_DIR = "/run/sandboxd-test"  # shared by test daemons: one private ws mount
 
 
 @pytest.fixture(scope="session")
