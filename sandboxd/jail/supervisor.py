@@ -31,7 +31,7 @@ from . import cgroup as cg
 from . import protocol
 from .forkserver import ForkServerProcess
 from .spec import BoxLimits, JailError, JailOutcome, JailSpec, Termination
-from .workspace import Workspace, prepare_instance_dir
+from .workspace import Workspace, prepare_instance_dir, release_instance_dir
 
 SPAWN_TIMEOUT_S = 30.0
 SETUP_TIMEOUT_S = 30.0  # from spawn to STARTED: mounts and namespaces, not the user's time
@@ -144,8 +144,7 @@ class Sandbox:
         if self._forkserver is not None:
             self._forkserver.close()
             self._forkserver = None
-        with contextlib.suppress(OSError):
-            self.workspace_dir.rmdir()
+        release_instance_dir(self.workspace_dir)
 
     @property
     def healthy(self) -> bool:

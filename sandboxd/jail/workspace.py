@@ -16,6 +16,7 @@ against the host (the Judge0 CVE-2024-28185 class).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -107,6 +108,17 @@ def prepare_instance_dir(parent: Path) -> Path:
     mine = parent / str(os.getpid())
     mine.mkdir(exist_ok=True)
     return mine
+
+
+def release_instance_dir(mine: Path) -> None:
+    """Remove this daemon's (empty) directory; the last daemon out unmounts the parent."""
+    with contextlib.suppress(OSError):
+        mine.rmdir()
+    parent = mine.parent
+    if not any(parent.iterdir()):
+        with contextlib.suppress(OSError):
+            L.umount2(str(parent), L.MNT_DETACH)
+            parent.rmdir()
 
 
 def _alive(pid: int) -> bool:

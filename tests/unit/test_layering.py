@@ -1,0 +1,62 @@
+"""Imports flow one way: server -> api -> service -> runner -> {verdict, languages, jail}.
+
+The jail knows nothing of HTTP, languages or verdicts; the API nothing of the kernel.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "sandboxd"
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                module = f"{base}.{node.module}" if node.module else base
+                names.add(module)
+                if not node.module:
+                    names.update(f"{base}.{alias.name}" for alias in node.names)
+            elif node.module:
+                names.add(node.module)
+                names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {n for n in names if n.startswith("sandboxd")}
+
+
+def modules_under(sub: str) -> list[Path]:
+    return sorted((PACKAGE / sub).glob("*.py")) if sub else sorted(PACKAGE.glob("*.py"))
+
+
+@pytest.mark.parametrize("path", modules_under("jail"), ids=lambda p: p.name)
+def test_jail_imports_nothing_outside_itself(path):
+    outside = {m for m in imported_modules(path) if not m.startswith("sandboxd.jail")}
+    assert not outside, f"{path.name} imports {outside}"
+
+
+@pytest.mark.parametrize("name", ["api.py", "service.py"])
+def test_http_side_never_imports_the_kernel_layer(name):
+    mods = imported_modules(PACKAGE / name)
+    assert not {m for m in mods if m.startswith("sandboxd.jail") or m in (
+        "sandboxd.runner", "sandboxd.server")}, mods
+
+
+@pytest.mark.parametrize("name", ["model.py", "config.py"])
+def test_pure_data_modules_import_no_other_layer(name):
+    assert imported_modules(PACKAGE / name) <= {"sandboxd"}
+
+
+def test_verdict_is_pure():
+    mods = imported_modules(PACKAGE / "verdict.py")
+    assert mods <= {"sandboxd.model", "sandboxd.model.Result", "sandboxd.model.Status",
+                    "sandboxd.jail.spec", "sandboxd.jail.spec.JailOutcome",
+                    "sandboxd.jail.spec.Termination"}, mods
