@@ -174,5 +174,5 @@ def execute(ops: list[Op]) -> None:
         try:
             _OPS[op.kind](op)
         except OSError as e:
-            raise OSError(e.errno, f"{op.kind} {op.b or op.a}: {os.strerror(e.errno or 0)}") \
-                from None
+            where = f"{op.a} -> {op.b}" if op.kind in ("bind", "symlink") else op.a
+            raise OSError(e.errno, f"{op.kind} {where}: {os.strerror(e.errno or 0)}") from None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import signal
 import socket
@@ -32,6 +33,8 @@ from . import protocol
 from .forkserver import ForkServerProcess
 from .spec import BoxLimits, JailError, JailOutcome, JailSpec, Termination
 from .workspace import Workspace, prepare_instance_dir, release_instance_dir
+
+log = logging.getLogger(__name__)
 
 SPAWN_TIMEOUT_S = 30.0
 SETUP_TIMEOUT_S = 30.0  # from spawn to STARTED: mounts and namespaces, not the user's time
@@ -138,7 +141,8 @@ class Sandbox:
         self.workspace_dir = prepare_instance_dir(self.state_dir / "ws")
         root = self.state_dir / "root"
         root.mkdir(exist_ok=True)
-        self._forkserver = ForkServerProcess(str(root))
+        self._forkserver_root = str(root)
+        self._forkserver = ForkServerProcess(self._forkserver_root)
 
     def close(self) -> None:
         if self._forkserver is not None:
@@ -148,7 +152,14 @@ class Sandbox:
 
     @property
     def healthy(self) -> bool:
-        return self._forkserver is not None and self._forkserver.alive
+        """Started, with a live fork server (a dead one is replaced right here)."""
+        if self._forkserver is None:
+            return False
+        try:
+            self._ensure_forkserver()
+        except OSError:
+            return False
+        return self._forkserver.alive
 
     # -- slots and workspaces ---------------------------------------------------------
 
@@ -167,6 +178,17 @@ class Sandbox:
             self._free_slots = asyncio.Queue()
             for s in range(self.slot_count):
                 self._free_slots.put_nowait(s)
+
+    def _ensure_forkserver(self) -> None:
+        """A fork server that died (killed by an operator, a bug) is replaced, so one
+        failure costs the boxes that were being spawned, not the service."""
+        assert self._forkserver is not None
+        if not self._forkserver.alive:
+            log.error("fork server exited (status %s); starting a new one",
+                      self._forkserver.process.returncode)
+            self._forkserver.close()
+            self._forkserver = ForkServerProcess(self._forkserver_root)
+            self._client = _ForkServerClient(self._forkserver)
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[int]:
@@ -188,6 +210,7 @@ class Sandbox:
 
     async def run(self, spec: JailSpec) -> JailOutcome:
         self._bind_loop()
+        self._ensure_forkserver()
         assert self._client is not None
         lim = spec.limits
         box = self.cgroups.create(cg.CgroupLimits(lim.memory_bytes, lim.processes,
