@@ -243,8 +243,8 @@ async def test_64_mib_under_256_mib_is_accepted_and_measured(execute):
 
 
 async def test_infinite_loop_is_killed_right_after_the_cpu_limit(execute):
-    result = await execute("c", c("int main(void) { volatile unsigned long x = 0; for (;;) x++; }\n"),
-                           time_limit_ms=1000)
+    spin = c("int main(void) { volatile unsigned long x = 0; for (;;) x++; }\n")
+    result = await execute("c", spin, time_limit_ms=1000)
     assert result.status is Status.TIME_LIMIT_EXCEEDED, result
     assert result.time_ms is not None and 1000 <= result.time_ms < 1500, result.time_ms
     assert result.signal == 9 and result.exit_code is None

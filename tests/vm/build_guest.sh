@@ -146,7 +146,9 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=none results /re
     || fatal "cannot mount the results share"
 # Host root, read-only.  cache=loose: the guest is short-lived and never writes
 # to it, so caching dentries/pages is safe and makes imports much faster.
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose,ro hostroot /lower \
+C9P=loose
+for x in $(cat /proc/cmdline); do case "$x" in vm.9pcache=*) C9P=${x#vm.9pcache=} ;; esac; done
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=$C9P,ro hostroot /lower \
     || fatal "cannot mount the host root (9p hostroot)"
 # All writes go to a tmpfs upper layer.  9p has no file handles, so index/xino
 # are pointless (and index=on would be refused); say so explicitly.
@@ -203,8 +205,14 @@ else
     echo "[vm-init] no job.sh on the results share" > /run/vm/out.fifo
     rc=125
 fi
-# Give tee up to 5 s to drain; if daemons left behind still hold the fifo
-# open, kill everything (PID 1 is spared by kill -1).
+# Kill whatever the job left behind (daemons would keep the fifo open), except
+# tee, which then sees EOF once it has drained; give it up to 5 s.
+for n in 1 2; do
+    for p in /proc/[0-9]*; do
+        p=${p#/proc/}
+        [ "$p" = 1 ] || [ "$p" = "$tee_pid" ] || $BB kill -KILL "$p" 2>/dev/null
+    done
+done
 i=0
 while $BB kill -0 $tee_pid 2>/dev/null && [ $i -lt 50 ]; do $BB sleep 0.1; i=$((i+1)); done
 $BB kill -KILL -1 2>/dev/null

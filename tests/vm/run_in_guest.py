@@ -137,7 +137,7 @@ def qemu_argv(a: argparse.Namespace, results: str) -> list[str]:
         "mitigations=off", "random.trust_cpu=on", "tsc=reliable", "no_timer_check",
         # a pure cgroup v2 host, like a modern systemd distribution
         "systemd.unified_cgroup_hierarchy=1", "cgroup_no_v1=all",
-    ])
+    ] + ([f"vm.9pcache={os.environ['VM_9P_CACHE']}"] if os.environ.get("VM_9P_CACHE") else []))
     # The ELF vmlinux (PVH boot) skips the ~2.7 s xz decompression of the bzImage.
     kernel = os.path.join(CACHE, "vmlinux")
     if not os.path.exists(kernel):

@@ -1,0 +1,676 @@
+"""The cgroup v2 and v1 backends against a fake cgroupfs in tmp_path (no root needed).
+
+`FakeCgroupFs` makes a plain directory behave like cgroupfs wherever the backends can
+tell the difference, as checked on a real 6.x kernel:
+
+- mkdir of a cgroup creates its interface files (with the kernel's initial values);
+- rmdir removes a cgroup with its interface files, but fails with EBUSY while
+  processes are in it (`cgroup.procs` not empty) or child cgroups exist;
+- opening an interface file that does not exist for writing fails with EACCES (kernfs
+  has no `create`), and with ENOENT when the cgroup directory itself is gone;
+- every write is recorded, so tests check what the backend told the "kernel", in order.
+
+The test plays the kernel for everything else: it writes the statistics files and
+removes pids from `cgroup.procs` the way the kernel would.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sandboxd.jail import cgroup as cg
+from sandboxd.jail.spec import JailError
+
+MIB = 1024 * 1024
+DEAD_PID = 999_999  # above any pid_max default (32768 / 4194304 is allowed, so we check)
+
+
+def _dead_pid() -> int:
+    assert not os.path.exists(f"/proc/{DEAD_PID}")
+    return DEAD_PID
+
+
+def _live_other_pid() -> int:
+    pid = os.getppid()
+    assert pid != os.getpid() and os.path.exists(f"/proc/{pid}")
+    return pid
+
+
+# ------------------------------------------------------------------------------ the fake
+
+
+def v2_files(*, controllers: str = "cpu memory pids", swap: bool = True, peak: bool = True,
+             kill: bool = True) -> Callable[[Path], dict[str, str]]:
+    def files(_cgroup: Path) -> dict[str, str]:
+        f = {
+            "cgroup.procs": "",
+            "cgroup.controllers": controllers,
+            "cgroup.subtree_control": "",
+            "cgroup.freeze": "0",
+            "cgroup.events": "populated 0\nfrozen 0\n",
+            "memory.max": "max\n",
+            "memory.current": "0\n",
+            "memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n",
+            "pids.max": "max\n",
+            "pids.current": "0\n",
+            "cpu.max": "max 100000\n",
+            "cpu.stat": "usage_usec 0\nuser_usec 0\nsystem_usec 0\n",
+        }
+        if swap:
+            f["memory.swap.max"] = "max\n"
+        if peak:
+            f["memory.peak"] = "0\n"
+        if kill:
+            f["cgroup.kill"] = ""
+        return f
+
+    return files
+
+
+V1_FILES = {
+    "memory": {
+        "memory.limit_in_bytes": "9223372036854771712\n",
+        "memory.memsw.limit_in_bytes": "9223372036854771712\n",
+        "memory.usage_in_bytes": "0\n",
+        "memory.max_usage_in_bytes": "0\n",
+        "memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
+    },
+    "cpu": {"cpu.cfs_period_us": "100000\n", "cpu.cfs_quota_us": "-1\n", "cpu.shares": "1024\n"},
+    "cpuacct": {"cpuacct.usage": "0\n"},
+    "pids": {"pids.max": "max\n", "pids.current": "0\n"},
+    "freezer": {"freezer.state": "THAWED\n"},
+}
+
+
+def v1_files(root: Path, *, memsw: bool = True,
+             missing: tuple[str, ...] = ()) -> Callable[[Path], dict[str, str]]:
+    """Interface files of a v1 cgroup; the hierarchy is the first component below `root`."""
+
+    def files(cgroup: Path) -> dict[str, str]:
+        controller = cgroup.relative_to(root).parts[0]
+        f = {"cgroup.procs": "", "tasks": "", "notify_on_release": "0\n",
+             **V1_FILES.get(controller, {})}
+        if not memsw:
+            f.pop("memory.memsw.limit_in_bytes", None)
+        for name in missing:
+            f.pop(name, None)
+        return f
+
+    return files
+
+
+class FakeCgroupFs:
+    def __init__(self, root: Path, files: Callable[[Path], dict[str, str]]) -> None:
+        self.root = root
+        self.files = files
+        self.writes: list[tuple[str, str]] = []  # (path relative to root, value)
+        self.removed: list[tuple[str, dict[str, str]]] = []  # (cgroup, its files at rmdir)
+
+    def owns(self, path: os.PathLike | str) -> bool:
+        p = Path(os.path.abspath(path))
+        return p == self.root or self.root in p.parents
+
+    def rel(self, path: os.PathLike | str) -> str:
+        return str(Path(os.path.abspath(path)).relative_to(self.root))
+
+    def populate(self, cgroup: Path) -> None:
+        for name, content in self.files(cgroup).items():
+            (cgroup / name).write_text(content)
+
+    def writes_to(self, name: str) -> list[str]:
+        return [v for p, v in self.writes if Path(p).name == name]
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeCgroupFs:
+        real_mkdir = Path.mkdir
+        real_rmdir = os.rmdir
+        real_write = cg._write
+        fake = self
+
+        def mkdir(path: Path, mode: int = 0o777, parents: bool = False,
+                  exist_ok: bool = False) -> None:
+            existed = path.is_dir()
+            real_mkdir(path, mode, parents, exist_ok)
+            if fake.owns(path) and not existed:
+                fake.populate(path)
+
+        def rmdir(path, *args, **kwargs) -> None:
+            if not fake.owns(path):
+                return real_rmdir(path, *args, **kwargs)
+            p = Path(path)
+            if not p.is_dir():
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+            if any(c.is_dir() for c in p.iterdir()):
+                raise OSError(errno.EBUSY, "Device or resource busy", str(path))
+            procs = p / "cgroup.procs"
+            if procs.exists() and procs.read_text().split():
+                raise OSError(errno.EBUSY, "Device or resource busy", str(path))
+            fake.removed.append((fake.rel(p), {c.name: c.read_text() for c in p.iterdir()}))
+            for child in p.iterdir():
+                child.unlink()
+            real_rmdir(path)
+
+        def write(path: Path, value: str) -> None:
+            if fake.owns(path) and not Path(path).exists():
+                if Path(path).parent.is_dir():  # kernfs: no such interface file
+                    raise PermissionError(errno.EACCES, "Permission denied", str(path))
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+            real_write(path, value)
+            if fake.owns(path):
+                fake.writes.append((fake.rel(path), value))
+
+        monkeypatch.setattr(Path, "mkdir", mkdir)
+        monkeypatch.setattr(cg.os, "rmdir", rmdir)
+        monkeypatch.setattr(cg, "_write", write)
+        return self
+
+
+def make_v2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base: str = "/sys.slice/x.service",
+            *, move_self: bool = True, **files_options) -> tuple[cg.V2Backend, FakeCgroupFs]:
+    mount = tmp_path / "cgroup2"
+    os.mkdir(mount)
+    fs = FakeCgroupFs(mount, v2_files(**files_options)).install(monkeypatch)
+    fs.populate(mount)
+    backend = cg.V2Backend(mount, base, move_self=move_self)
+    backend.base.mkdir(parents=True, exist_ok=True)
+    (backend.base / "cgroup.procs").write_text(f"{os.getpid()}\n")
+    return backend, fs
+
+
+def make_v1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base: str = "process_api/abc",
+            **files_options) -> tuple[cg.V1Backend, FakeCgroupFs]:
+    root = tmp_path / "cgroup"
+    os.mkdir(root)
+    fs = FakeCgroupFs(root, v1_files(root, **files_options)).install(monkeypatch)
+    hierarchies = {}
+    for c in cg.V1_CONTROLLERS:
+        os.mkdir(root / c)
+        fs.populate(root / c)
+        (root / c / base).mkdir(parents=True)
+        hierarchies[c] = root / c / base
+    return cg.V1Backend(hierarchies), fs
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen]:
+    """A real process for kill tests (our own child: no privileges needed)."""
+    proc = subprocess.Popen(["sleep", "100"])
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def _wait_exit(proc: subprocess.Popen, timeout: float = 5.0) -> int | None:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+LIMITS = cg.CgroupLimits(memory_bytes=256 * MIB, processes=64, cpu_share=1.0)
+
+
+# ------------------------------------------------------------------------------ v2: prepare
+
+
+def test_v2_prepare_moves_us_to_a_leaf_and_enables_controllers(tmp_path, monkeypatch):
+    backend, fs = make_v2(tmp_path, monkeypatch)
+    backend.prepare()
+    base = backend.base
+    assert base == tmp_path / "cgroup2" / "sys.slice" / "x.service"
+    assert (base / "daemon" / "cgroup.procs").read_text() == str(os.getpid())
+    assert (base / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
+    assert backend.root == base / "sandboxd" and backend.root.is_dir()
+    assert (backend.root / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
+    # No internal processes: we leave the base before enabling its controllers.
+    assert [Path(p).name for p, _ in fs.writes] == [
+        "cgroup.procs", "cgroup.subtree_control", "cgroup.subtree_control"]
+    assert fs.writes[0][0] == "sys.slice/x.service/daemon/cgroup.procs"
+
+
+def test_v2_prepare_without_move_self_stays_put(tmp_path, monkeypatch):
+    backend, fs = make_v2(tmp_path, monkeypatch, "/delegated", move_self=False)
+    backend.prepare()
+    assert not (backend.base / "daemon").exists()
+    assert fs.writes_to("cgroup.subtree_control") == ["+cpu +memory +pids"] * 2
+
+
+def test_v2_prepare_at_the_mount_root_does_not_move(tmp_path, monkeypatch):
+    backend, fs = make_v2(tmp_path, monkeypatch, "/")
+    backend.prepare()
+    assert backend.base == backend.mount
+    assert not (backend.base / "daemon").exists()
+    assert fs.writes_to("cgroup.procs") == []
+
+
+def test_v2_prepare_refuses_without_the_memory_controller(tmp_path, monkeypatch):
+    backend, fs = make_v2(tmp_path, monkeypatch, controllers="cpu pids")
+    with pytest.raises(JailError) as e:
+        backend.prepare()
+    message = str(e.value)
+    assert re.search(r"lacks controller\(s\) memory;", message), message
+    assert "Delegate=yes" in message
+    assert fs.writes == []  # refused before touching anything
+    assert not backend.root.exists()
+
+
+def test_v2_prepare_reports_when_controllers_cannot_be_enabled(tmp_path, monkeypatch):
+    backend, fs = make_v2(tmp_path, monkeypatch)
+    (backend.base / "cgroup.subtree_control").unlink()  # the write now fails (EACCES)
+    with pytest.raises(JailError, match=r"cannot enable \+cpu \+memory \+pids"):
+        backend.prepare()
+
+
+def test_v2_prepare_sweeps_stale_boxes(tmp_path, monkeypatch):
+    backend, fs = make_v2(tmp_path, monkeypatch)
+    backend.root.mkdir()
+    (backend.root / f"box-{_dead_pid()}-3").mkdir()
+    backend.prepare()
+    assert backend.box_dirs() == []
+    assert fs.removed[-1][0].endswith(f"sandboxd/box-{DEAD_PID}-3")
+
+
+# ------------------------------------------------------------------------------ v2: boxes
+
+
+def test_box_names_are_box_pid_seq(tmp_path, monkeypatch):
+    backend, _ = make_v2(tmp_path, monkeypatch)
+    backend.prepare()
+    names = [backend.create(LIMITS).name for _ in range(3)]
+    assert names == [f"box-{os.getpid()}-{i}" for i in (1, 2, 3)]
+    assert [p.name for p in backend.box_dirs()] == names
+
+
+@pytest.mark.parametrize(("share", "cpu_max"), [
+    (1.0, "100000 100000"), (0.5, "50000 100000"), (2.0, "200000 100000"),
+    (0.001, "1000 100000"),  # never below 1 ms per period
+])
+def test_v2_create_writes_the_limits(tmp_path, monkeypatch, share, cpu_max):
+    backend, fs = make_v2(tmp_path, monkeypatch)
+    backend.prepare()
+    box = backend.create(cg.CgroupLimits(memory_bytes=128 * MIB, processes=64,
+                                         cpu_share=share))
+    path = backend.root / box.name
+    assert (path / "memory.max").read_text() == str(128 * MIB)
+    assert (path / "memory.swap.max").read_text() == "0"
+    assert (path / "pids.max").read_text() == "64"
+    assert (path / "cpu.max").read_text() == cpu_max
+    assert box.procs_files == (str(path / "cgroup.procs"),)
+
+
+def test_v2_create_without_swap_accounting_skips_memory_swap_max(tmp_path, monkeypatch):
+    backend, fs = make_v2(tmp_path, monkeypatch, swap=False)
+    backend.prepare()
+    box = backend.create(LIMITS)
+    assert not (backend.root / box.name / "memory.swap.max").exists()
+    assert fs.writes_to("memory.swap.max") == []
+
+
+def test_v2_create_removes_the_box_when_a_limit_cannot_be_written(tmp_path, monkeypatch):
+    backend, fs = make_v2(tmp_path, monkeypatch)
+    backend.prepare()
+    real_files = fs.files
+    fs.files = lambda c: {k: v for k, v in real_files(c).items() if k != "pids.max"}
+    with pytest.raises((OSError, JailError)):
+        backend.create(LIMITS)
+    assert backend.box_dirs() == []
+
+
+def test_v2_start_program_raises_memory_max_by_the_setup_usage(tmp_path, monkeypatch):
+    backend, fs = make_v2(tmp_path, monkeypatch)
+    backend.prepare()
+    box = backend.create(LIMITS)
+    path = backend.root / box.name
+    (path / "memory.current").write_text("3145728\n")  # D and I, before the program
+    assert box.start_program(256 * MIB) == 3145728
+    assert (path / "memory.max").read_text() == str(256 * MIB + 3145728)
+
+
+def test_v2_stats_parse_cpu_peak_and_oom_kills(tmp_path, monkeypatch):
+    backend, fs = make_v2(tmp_path, monkeypatch)
+    backend.prepare()
+    box = backend.create(LIMITS)
+    path = backend.root / box.name
+    (path / "memory.current").write_text("1000\n")
+    box.start_program(64 * MIB)
+    # The kernel: after the program ran.
+    (path / "cpu.stat").write_text("usage_usec 1234567\nuser_usec 1000000\n"
+                                   "system_usec 234567\nnr_periods 12\n")
+    (path / "memory.peak").write_text("52428800\n")
+    (path / "memory.current").write_text("4096\n")
+    (path / "memory.events").write_text("low 0\nhigh 0\nmax 7\noom 2\noom_kill 1\n"
+                                        "oom_group_kill 5\n")
+    assert box.cpu_ns() == 1_234_567_000
+    stats = box.stats()
+    assert stats == cg.CgroupStats(cpu_ns=1_234_567_000, memory_peak_bytes=52428800,
+                                   oom_kills=1)
+
+
+def test_v2_stats_fall_back_to_memory_current_without_memory_peak(tmp_path, monkeypatch):
+    backend, fs = make_v2(tmp_path, monkeypatch, peak=False)  # kernels before 5.19
+    backend.prepare()
+    box = backend.create(LIMITS)
+    path = backend.root / box.name
+    (path / "memory.current").write_text("2000\n")
+    assert box.start_program(64 * MIB) == 2000
+    (path / "memory.current").write_text("9999\n")
+    assert box.stats().memory_peak_bytes == 9999
+    assert box.stats().oom_kills == 0
+
+
+def test_v2_pids_and_kill_all(tmp_path, monkeypatch):
+    backend, fs = make_v2(tmp_path, monkeypatch)
+    backend.prepare()
+    box = backend.create(LIMITS)
+    path = backend.root / box.name
+    (path / "cgroup.procs").write_text("12\n34\n")
+    assert box.pids() == [12, 34]
+    box.kill_all()
+    assert (path / "cgroup.kill").read_text() == "1"
+    assert fs.writes[-1] == (fs.rel(path / "cgroup.kill"), "1")
+
+
+def test_v2_kill_all_without_cgroup_kill_freezes_and_kills(tmp_path, monkeypatch, sleeper):
+    """Kernels 5.2-5.13 have cgroup.freeze but no cgroup.kill: the fallback must run.
+
+    On a real cgroupfs, opening a missing interface file for writing fails with EACCES
+    (checked on 6.18: PermissionError), not ENOENT."""
+    backend, fs = make_v2(tmp_path, monkeypatch, kill=False)
+    backend.prepare()
+    box = backend.create(LIMITS)
+    path = backend.root / box.name
+    (path / "cgroup.procs").write_text(f"{sleeper.pid}\n")
+    box.kill_all()
+    assert fs.writes_to("cgroup.freeze") == ["1", "0"]
+    assert _wait_exit(sleeper) == -signal.SIGKILL
+
+
+def test_v2_kill_all_and_pids_of_a_removed_box_are_harmless(tmp_path, monkeypatch):
+    backend, fs = make_v2(tmp_path, monkeypatch)
+    backend.prepare()
+    box = backend.create(LIMITS)
+    box.remove()
+    assert backend.box_dirs() == []
+    box.kill_all()
+    assert box.pids() == []
+
+
+def test_v2_remove_retries_while_the_kernel_releases_tasks(tmp_path, monkeypatch):
+    backend, fs = make_v2(tmp_path, monkeypatch)
+    backend.prepare()
+    box = backend.create(LIMITS)
+    procs = backend.root / box.name / "cgroup.procs"
+    procs.write_text("4242\n")
+    releaser = threading.Timer(0.1, procs.write_text, args=("",))
+    releaser.start()
+    started = time.monotonic()
+    box.remove()
+    releaser.join()
+    assert 0.05 < time.monotonic() - started < 2
+    assert backend.box_dirs() == []
+
+
+def test_v2_remove_gives_up_with_jail_error_when_the_box_stays_busy(tmp_path, monkeypatch):
+    backend, fs = make_v2(tmp_path, monkeypatch)
+    backend.prepare()
+    box = backend.create(LIMITS)
+    (backend.root / box.name / "cgroup.procs").write_text("4242\n")
+    with pytest.raises(JailError, match="cannot remove cgroup"):
+        box.remove()
+
+
+def test_v2_sweep_removes_dead_daemons_boxes_only(tmp_path, monkeypatch):
+    backend, fs = make_v2(tmp_path, monkeypatch)
+    backend.prepare()
+    mine = backend.create(LIMITS).name
+    for name in (f"box-{_dead_pid()}-1", f"box-{DEAD_PID}-2", f"box-{_live_other_pid()}-1",
+                 "box-notapid-1", "box-1-2-3"):
+        (backend.root / name).mkdir()
+    assert backend.sweep_stale() == 2
+    assert sorted(p.name for p in backend.box_dirs()) == sorted(
+        [mine, f"box-{os.getppid()}-1", "box-notapid-1", "box-1-2-3"])
+    swept = {Path(rel).name: files for rel, files in fs.removed}
+    assert set(swept) == {f"box-{DEAD_PID}-1", f"box-{DEAD_PID}-2"}
+    for files in swept.values():
+        assert files["cgroup.kill"] == "1"  # killed before removal
+
+
+# ------------------------------------------------------------------------------ v1
+
+
+def test_v1_prepare_creates_sandboxd_in_every_hierarchy_and_sweeps(tmp_path, monkeypatch):
+    backend, fs = make_v1(tmp_path, monkeypatch)
+    assert set(backend.roots) == set(cg.V1_CONTROLLERS)
+    for c, root in backend.roots.items():
+        assert root == tmp_path / "cgroup" / c / "process_api" / "abc" / "sandboxd"
+    (backend.roots["memory"]).mkdir()
+    (backend.roots["memory"] / f"box-{_dead_pid()}-9").mkdir()
+    backend.prepare()
+    assert all(root.is_dir() for root in backend.roots.values())
+    assert backend.box_dirs() == []
+
+
+@pytest.mark.parametrize(("share", "quota"), [(1.0, "100000"), (0.5, "50000"),
+                                              (0.001, "1000")])
+def test_v1_create_writes_the_limits(tmp_path, monkeypatch, share, quota):
+    backend, fs = make_v1(tmp_path, monkeypatch)
+    backend.prepare()
+    box = backend.create(cg.CgroupLimits(memory_bytes=128 * MIB, processes=64,
+                                         cpu_share=share))
+    assert box.name == f"box-{os.getpid()}-1"
+    dirs = {c: backend.roots[c] / box.name for c in cg.V1_CONTROLLERS}
+    assert all(d.is_dir() for d in dirs.values())
+    assert (dirs["memory"] / "memory.limit_in_bytes").read_text() == str(128 * MIB)
+    assert (dirs["memory"] / "memory.memsw.limit_in_bytes").read_text() == str(128 * MIB)
+    assert (dirs["pids"] / "pids.max").read_text() == "64"
+    assert (dirs["cpu"] / "cpu.cfs_period_us").read_text() == "100000"
+    assert (dirs["cpu"] / "cpu.cfs_quota_us").read_text() == quota
+    # Lowering from unlimited: the memory limit first, memsw (never below it) second.
+    assert [n for n in (Path(p).name for p, _ in fs.writes) if n.startswith("memory.")] == [
+        "memory.limit_in_bytes", "memory.memsw.limit_in_bytes"]
+    assert sorted(box.procs_files) == sorted(str(d / "cgroup.procs") for d in dirs.values())
+    assert [p.name for p in backend.box_dirs()] == [box.name]
+
+
+def test_v1_create_without_swap_accounting(tmp_path, monkeypatch):
+    backend, fs = make_v1(tmp_path, monkeypatch, memsw=False)
+    backend.prepare()
+    box = backend.create(LIMITS)
+    assert not (backend.roots["memory"] / box.name / "memory.memsw.limit_in_bytes").exists()
+    assert fs.writes_to("memory.memsw.limit_in_bytes") == []
+    box.start_program(64 * MIB)  # must not try to raise a memsw limit either
+    assert fs.writes_to("memory.memsw.limit_in_bytes") == []
+
+
+def test_v1_create_rolls_back_every_hierarchy_on_failure(tmp_path, monkeypatch):
+    backend, fs = make_v1(tmp_path, monkeypatch, missing=("cpu.cfs_quota_us",))
+    backend.prepare()
+    with pytest.raises((OSError, JailError)):
+        backend.create(LIMITS)
+    assert backend.box_dirs() == []
+    assert [p for root in backend.roots.values() for p in root.iterdir() if p.is_dir()] == []
+
+
+def test_v1_start_program_raises_memsw_before_the_limit(tmp_path, monkeypatch):
+    backend, fs = make_v1(tmp_path, monkeypatch)
+    backend.prepare()
+    box = backend.create(LIMITS)
+    memory = backend.roots["memory"] / box.name
+    (memory / "memory.usage_in_bytes").write_text("2097152\n")
+    (memory / "memory.max_usage_in_bytes").write_text("3000000\n")
+    del fs.writes[:]
+    assert box.start_program(256 * MIB) == 2097152
+    expected = str(256 * MIB + 2097152)
+    assert [(Path(p).name, v) for p, v in fs.writes] == [
+        ("memory.memsw.limit_in_bytes", expected),  # raising: memsw first
+        ("memory.limit_in_bytes", expected),
+        ("memory.max_usage_in_bytes", "0"),  # the peak restarts now
+    ]
+
+
+def test_v1_stats_parse_cpuacct_peak_and_oom_control(tmp_path, monkeypatch):
+    backend, fs = make_v1(tmp_path, monkeypatch)
+    backend.prepare()
+    box = backend.create(LIMITS)
+    memory = backend.roots["memory"] / box.name
+    (backend.roots["cpuacct"] / box.name / "cpuacct.usage").write_text("987654321\n")
+    (memory / "memory.max_usage_in_bytes").write_text("134217728\n")
+    (memory / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 1\noom_kill 3\n")
+    assert box.cpu_ns() == 987654321
+    assert box.stats() == cg.CgroupStats(cpu_ns=987654321, memory_peak_bytes=134217728,
+                                         oom_kills=3)
+
+
+def test_v1_pids_come_from_the_freezer_and_kill_all_freezes(tmp_path, monkeypatch, sleeper):
+    backend, fs = make_v1(tmp_path, monkeypatch)
+    backend.prepare()
+    box = backend.create(LIMITS)
+    freezer = backend.roots["freezer"] / box.name
+    (freezer / "cgroup.procs").write_text(f"{sleeper.pid}\n")
+    assert box.pids() == [sleeper.pid]
+    box.kill_all()
+    assert fs.writes_to("freezer.state") == ["FROZEN", "THAWED"]
+    assert _wait_exit(sleeper) == -signal.SIGKILL
+
+
+def test_v1_remove_and_kill_all_after_removal(tmp_path, monkeypatch):
+    backend, fs = make_v1(tmp_path, monkeypatch)
+    backend.prepare()
+    box = backend.create(LIMITS)
+    box.remove()
+    assert backend.box_dirs() == []
+    assert all(not (root / box.name).exists() for root in backend.roots.values())
+    box.kill_all()
+    assert box.pids() == []
+
+
+def test_v1_sweep_removes_dead_daemons_boxes_in_all_hierarchies(tmp_path, monkeypatch):
+    backend, fs = make_v1(tmp_path, monkeypatch)
+    backend.prepare()
+    mine = backend.create(LIMITS).name
+    dead = f"box-{_dead_pid()}-1"
+    alive = f"box-{_live_other_pid()}-4"
+    partial = f"box-{DEAD_PID}-2"  # a daemon killed half-way through create()
+    for root in backend.roots.values():
+        (root / dead).mkdir()
+        (root / alive).mkdir()
+    for c in ("memory", "cpu"):
+        (backend.roots[c] / partial).mkdir()
+    assert backend.sweep_stale() == 2
+    assert sorted(p.name for p in backend.box_dirs()) == sorted([mine, alive])
+    for root in backend.roots.values():
+        assert not (root / dead).exists() and not (root / partial).exists()
+        assert (root / alive).is_dir()
+    assert fs.writes_to("freezer.state") == ["FROZEN", "THAWED"]  # the dead box was frozen
+
+
+# ------------------------------------------------------------------------------ detect()
+
+
+def _controllers_file(path: Path, text: str) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "cgroup.controllers").write_text(text)
+    return path
+
+
+def _v1_mounts(tmp_path: Path, combined_cpu: bool = False) -> list[tuple[str, str, str]]:
+    mounts = []
+    if combined_cpu:
+        mounts.append((str(tmp_path / "cpu,cpuacct"), "cgroup", "rw,cpu,cpuacct"))
+        names = ["memory", "pids", "freezer", "devices"]
+    else:
+        names = ["cpu", "cpuacct", "memory", "pids", "freezer", "devices"]
+    mounts += [(str(tmp_path / n), "cgroup", f"rw,{n}") for n in names]
+    mounts.append((str(tmp_path / "systemd"), "cgroup", "rw,xattr,name=systemd"))
+    return mounts
+
+
+def _patch_host(monkeypatch, mounts, own) -> None:
+    monkeypatch.setattr(cg, "_mountinfo", lambda: mounts)
+    monkeypatch.setattr(cg, "_own_cgroups", lambda: own)
+
+
+HYBRID_OWN = {"": "/", "memory": "/process_api/abc", "cpu": "/", "cpuacct": "/", "pids": "/",
+              "freezer": "/", "devices": "/", "name=systemd": "/"}
+
+
+def test_detect_hybrid_host_with_empty_cgroup2_is_v1(tmp_path, monkeypatch):
+    unified = _controllers_file(tmp_path / "unified", "")
+    mounts = [("/sys/fs/cgroup", "tmpfs", "rw"), (str(unified), "cgroup2", "rw")]
+    _patch_host(monkeypatch, mounts + _v1_mounts(tmp_path), HYBRID_OWN)
+    backend = cg.detect()
+    assert isinstance(backend, cg.V1Backend) and backend.version == "v1"
+    assert backend.roots["memory"] == tmp_path / "memory" / "process_api" / "abc" / "sandboxd"
+    for c in ("cpu", "cpuacct", "pids", "freezer"):
+        assert backend.roots[c] == tmp_path / c / "sandboxd"
+
+
+def test_detect_v1_with_cpu_and_cpuacct_comounted(tmp_path, monkeypatch):
+    _patch_host(monkeypatch, _v1_mounts(tmp_path, combined_cpu=True), HYBRID_OWN)
+    backend = cg.detect("v1")
+    assert isinstance(backend, cg.V1Backend)
+    assert backend.roots["cpu"] == backend.roots["cpuacct"] == tmp_path / "cpu,cpuacct" / "sandboxd"
+
+
+def test_detect_v1_with_a_configured_root(tmp_path, monkeypatch):
+    _patch_host(monkeypatch, _v1_mounts(tmp_path), HYBRID_OWN)
+    backend = cg.detect("auto", "/judge")
+    assert all(backend.roots[c] == tmp_path / c / "judge" / "sandboxd"
+               for c in cg.V1_CONTROLLERS)
+
+
+def test_detect_pure_v2_with_controllers_is_v2(tmp_path, monkeypatch):
+    mount = _controllers_file(tmp_path / "cg2", "cpuset cpu io memory hugetlb pids rdma misc")
+    _patch_host(monkeypatch, [(str(mount), "cgroup2", "rw,nsdelegate")],
+                {"": "/system.slice/sandboxd.service"})
+    backend = cg.detect()
+    assert isinstance(backend, cg.V2Backend) and backend.version == "v2"
+    assert backend.mount == mount
+    assert backend.base == mount / "system.slice" / "sandboxd.service"
+    assert backend.root == backend.base / "sandboxd"
+    assert backend.move_self is True
+
+
+def test_detect_v2_with_a_configured_root_does_not_move_the_daemon(tmp_path, monkeypatch):
+    mount = _controllers_file(tmp_path / "cg2", "cpu memory pids")
+    _patch_host(monkeypatch, [(str(mount), "cgroup2", "rw")], {"": "/system.slice/x"})
+    backend = cg.detect("v2", "/delegated/judge")
+    assert isinstance(backend, cg.V2Backend)
+    assert backend.base == mount / "delegated" / "judge"
+    assert backend.move_self is False
+
+
+def test_detect_v2_requested_on_a_hybrid_host_is_an_error(tmp_path, monkeypatch):
+    unified = _controllers_file(tmp_path / "unified", "")
+    _patch_host(monkeypatch, [(str(unified), "cgroup2", "rw")] + _v1_mounts(tmp_path),
+                HYBRID_OWN)
+    with pytest.raises(JailError, match="cgroup v2 requested"):
+        cg.detect("v2")
+
+
+def test_detect_neither_usable_is_an_error(tmp_path, monkeypatch):
+    unified = _controllers_file(tmp_path / "unified", "cpu pids")  # no memory
+    v1_without_freezer = [m for m in _v1_mounts(tmp_path) if not m[0].endswith("freezer")]
+    _patch_host(monkeypatch, [(str(unified), "cgroup2", "rw")] + v1_without_freezer,
+                HYBRID_OWN)
+    with pytest.raises(JailError, match="freezer"):
+        cg.detect()
+
+
+def test_detect_v1_requested_on_a_pure_v2_host_is_an_error(tmp_path, monkeypatch):
+    mount = _controllers_file(tmp_path / "cg2", "cpu memory pids")
+    _patch_host(monkeypatch, [(str(mount), "cgroup2", "rw")], {"": "/"})
+    with pytest.raises(JailError, match="no usable cgroups"):
+        cg.detect("v1")
