@@ -98,10 +98,15 @@ TIOCSTI = 0x5412
 PERSONALITY_QUERY = 0xFFFFFFFF
 NAMESPACE_CLONE_FLAGS = 0x7E020000  # CLONE_NEW{NS,CGROUP,UTS,IPC,USER,PID,NET}
 # fcntl commands that are not locks: the classic ones below F_SETLK (6), the owner/signal
-# ones, F_OFD_GETLK (a query), and the Linux-specific range (F_DUPFD_CLOEXEC, pipe sizes,
-# seals; leases there need file ownership).
-FCNTL_PLAIN_CMDS = (8, 9, 10, 11, 15, 16, 17, 36)
+# ones, F_OFD_GETLK (a query), and the Linux-specific ones (leases, which need file
+# ownership; F_NOTIFY; F_DUPFD_CLOEXEC; pipe sizes; seals; write hints).
+FCNTL_PLAIN_CMDS = (0, 1, 2, 3, 4, 5, 8, 9, 10, 11, 15, 16, 17, 36,
+                    *range(1024, 1027), *range(1030, 1039))
 FCNTL_LOCK_CMDS = (6, 7, 37, 38)  # F_SETLK, F_SETLKW, F_OFD_SETLK, F_OFD_SETLKW
+# fcntl's and ioctl's command is an `unsigned int`: the kernel drops bits 32-63 of the
+# register, so every comparison must look at the low 32 bits only, or F_SETLK | 1 << 32
+# would pass a rule written for F_SETLK.
+LOW32 = 0xFFFFFFFF
 
 
 def _known(name: str) -> bool:
@@ -133,15 +138,16 @@ def build_filter(profile: SeccompProfile) -> sc.SyscallFilter:
     f.add_rule(sc.ALLOW, "clone", sc.Arg(0, sc.MASKED_EQ, NAMESPACE_CLONE_FLAGS, 0))
     f.add_rule(sc.ALLOW, "socket", sc.Arg(0, sc.EQ, AF_UNIX))
     f.add_rule(sc.ALLOW, "socketpair", sc.Arg(0, sc.EQ, AF_UNIX))
-    f.add_rule(sc.ALLOW, "ioctl", sc.Arg(1, sc.NE, TIOCSTI))
+    # ioctl: allowed when the low 32 bits differ from TIOCSTI in at least one bit (one
+    # masked rule per bit; libseccomp has no "masked not-equal").
+    for bit in range(32):
+        f.add_rule(sc.ALLOW, "ioctl", sc.Arg(1, sc.MASKED_EQ, 1 << bit, ~TIOCSTI & (1 << bit)))
     f.add_rule(sc.ALLOW, "personality", sc.Arg(0, sc.EQ, 0))
     f.add_rule(sc.ALLOW, "personality", sc.Arg(0, sc.EQ, PERSONALITY_QUERY))
-    f.add_rule(sc.ALLOW, "fcntl", sc.Arg(1, sc.LT, 6))
-    f.add_rule(sc.ALLOW, "fcntl", sc.Arg(1, sc.GE, 1024))
     for cmd in FCNTL_PLAIN_CMDS:
-        f.add_rule(sc.ALLOW, "fcntl", sc.Arg(1, sc.EQ, cmd))
+        f.add_rule(sc.ALLOW, "fcntl", sc.Arg(1, sc.MASKED_EQ, LOW32, cmd))
     for cmd in FCNTL_LOCK_CMDS:
-        f.add_rule(sc.ERRNO(errno.ENOLCK), "fcntl", sc.Arg(1, sc.EQ, cmd))
+        f.add_rule(sc.ERRNO(errno.ENOLCK), "fcntl", sc.Arg(1, sc.MASKED_EQ, LOW32, cmd))
     f.add_rule(sc.ERRNO(errno.ENOLCK), "flock")
     return f
 

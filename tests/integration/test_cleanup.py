@@ -119,6 +119,19 @@ def _mounts_under(path: Path, fstype: str | None = None) -> list[str]:
                   and (fstype is None or fs == fstype))
 
 
+def _our_state_tmpfs(sandbox) -> list[str]:
+    """tmpfs mounts under the state dir, except other instances' workspaces (test sessions
+    may share the state dir; each instance keeps its workspaces in ws/<its pid>/)."""
+    ws = Path(sandbox.workspace_dir).parent
+    ours = []
+    for point in _mounts_under(sandbox.state_dir, "tmpfs"):
+        rel = Path(point).relative_to(ws).parts if Path(point).is_relative_to(ws) else ()
+        if rel and rel[0].isdigit() and rel[0] != str(os.getpid()):
+            continue
+        ours.append(point)
+    return ours
+
+
 def _own(paths: list[Path]) -> list[Path]:
     # Other sandboxd instances (other test sessions, a running daemon) may share the
     # cgroup subtree: only boxes named after this process are ours to account for.
@@ -203,7 +216,7 @@ async def test_nothing_leaks_over_200_mixed_concurrent_runs(execute, sandbox):
     server = _fork_server_pid(sandbox)
     fds_before = _fd_count()
     server_fds_before = _fd_count(server)
-    state_tmpfs_before = _mounts_under(sandbox.state_dir, "tmpfs")
+    state_tmpfs_before = _our_state_tmpfs(sandbox)
 
     done = 0
     batch_no = 0
@@ -224,7 +237,7 @@ async def test_nothing_leaks_over_200_mixed_concurrent_runs(execute, sandbox):
 
     assert sum(statuses.values()) == RUNS
     _assert_nothing_left(sandbox)
-    assert _mounts_under(sandbox.state_dir, "tmpfs") == state_tmpfs_before
+    assert _our_state_tmpfs(sandbox) == state_tmpfs_before
     assert abs(_fd_count() - fds_before) <= 2, (fds_before, sorted(os.listdir("/proc/self/fd")))
     assert _fork_server_pid(sandbox) == server, "the fork server was restarted"
     assert _fd_count(server) == server_fds_before, os.listdir(f"/proc/{server}/fd")
