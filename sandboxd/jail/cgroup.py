@@ -236,11 +236,13 @@ class V2Cgroup(Cgroup):
             return []
 
     def kill_all(self) -> None:
-        try:
-            _write(self.path / "cgroup.kill", "1")  # Linux 5.14: kills the whole subtree at once
-        except FileNotFoundError:
-            if self.path.exists():
-                _freeze_kill_thaw(self.path / "cgroup.freeze", "1", "0", self.pids)
+        if not self.path.exists():
+            return
+        # A missing interface file answers EACCES on cgroupfs, not ENOENT: test first.
+        if (self.path / "cgroup.kill").exists():
+            _write(self.path / "cgroup.kill", "1")  # Linux 5.14: the whole subtree at once
+        else:
+            _freeze_kill_thaw(self.path / "cgroup.freeze", "1", "0", self.pids)
 
     def remove(self) -> None:
         if self._peak_fd is not None:

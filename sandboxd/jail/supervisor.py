@@ -213,8 +213,11 @@ class Sandbox:
         self._ensure_forkserver()
         assert self._client is not None
         lim = spec.limits
-        box = self.cgroups.create(cg.CgroupLimits(lim.memory_bytes, lim.processes,
-                                                  lim.cpu_share))
+        try:
+            box = self.cgroups.create(cg.CgroupLimits(lim.memory_bytes, lim.processes,
+                                                      lim.cpu_share))
+        except OSError as e:
+            raise JailError(f"cannot create the box cgroup: {e}") from None
         try:
             return await _BoxRun(self._client, box, spec, self.host_id(spec.slot)).run()
         finally:
