@@ -6,11 +6,11 @@ Nothing here does I/O. `Status` values are SPEC.md's exact strings, so they seri
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     QUEUED = "Queued"
     RUNNING = "Running"
     ACCEPTED = "Accepted"

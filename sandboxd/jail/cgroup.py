@@ -487,7 +487,8 @@ def detect(version: str = "auto", root: str | None = None) -> CgroupBackend:
     missing = [c for c in V1_CONTROLLERS if c not in v1_points]
     if missing:
         raise JailError(
-            f"no usable cgroups: cgroup2 lacks cpu/memory/pids and cgroup v1 lacks {' '.join(missing)}"
+            "no usable cgroups: cgroup2 lacks cpu/memory/pids and cgroup v1 lacks "
+            + " ".join(missing)
         )
     return V1Backend({
         c: v1_points[c] / (root or own.get(c, "/")).lstrip("/") for c in V1_CONTROLLERS

@@ -49,7 +49,7 @@ class ForkServer:
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         while True:
-            ready, _, _ = select.select([self.sock, wake_r], [], [])
+            ready, _, _ = select.select([self.sock.fileno(), wake_r], [], [])
             if wake_r in ready:
                 while True:
                     try:
@@ -57,7 +57,7 @@ class ForkServer:
                     except BlockingIOError:
                         break
                 self.reap()
-            if self.sock in ready:
+            if self.sock.fileno() in ready:
                 msg, fds, _flags, _addr = socket.recv_fds(self.sock, protocol.MAX_MESSAGE, 8)
                 if not msg:
                     return  # the daemon is gone

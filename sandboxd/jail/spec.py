@@ -8,7 +8,7 @@ environment, a mount plan and limits; an outcome is what the kernel measured.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 BOX_UID = 1000  # uid and gid of the program inside every box (mapped to a per-slot host id)
@@ -81,7 +81,7 @@ class JailSpec:
         )
 
 
-class Termination(str, Enum):
+class Termination(StrEnum):
     """Why the box ended; when several apply, each is also a flag on the outcome."""
 
     EXITED = "exited"

@@ -293,8 +293,7 @@ class _BoxRun:
                        "host_id": self.host_id}
             await self.client.spawn(request, child_ends)
         except BaseException:
-            for r in ("stdout", "stderr", "report"):
-                reader = getattr(self, r, None)
+            for reader in (getattr(self, n, None) for n in ("stdout", "stderr", "report")):
                 if reader is not None:
                     reader.close()
             os.close(self.go_fd)
@@ -311,7 +310,7 @@ class _BoxRun:
                 self.go_fd = -1
         self.kill()  # anything the program left behind dies with the box
         readers = [r for r in (self.stdout, self.stderr, self.report) if r is not None]
-        _done, pending = await asyncio.wait([r.done for r in readers], timeout=DRAIN_TIMEOUT_S)
+        await asyncio.wait([r.done for r in readers], timeout=DRAIN_TIMEOUT_S)
         for r in readers:
             r.close()
         return self._outcome()
