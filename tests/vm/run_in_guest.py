@@ -75,6 +75,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "/NAME (like a systemd unit) instead of in the root cgroup")
     p.add_argument("--cpu", default=DEFAULT_CPU,
                    help=f"qemu -cpu model (default {DEFAULT_CPU})")
+    p.add_argument("--machine", default="q35",
+                   help="qemu -machine type (default q35; boots ~0.4 s faster than pc under TCG)")
     p.add_argument("--accel", default="tcg", help="qemu accelerator (default tcg; kvm does not work here)")
     p.add_argument("--verbose", "-v", action="store_true",
                    help="show kernel messages and the qemu command line")
@@ -85,6 +87,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         a.cmd = a.cmd[1:]
     if not a.cmd:
         p.error("no command given (put it after --)")
+    if "=" in a.cmd[0]:
+        p.error("CMD must not contain '=' (env(1) would take it for a variable); use --env")
     if a.timeout <= 0:
         p.error("--timeout must be positive")
     return a
@@ -145,7 +149,7 @@ def qemu_argv(a: argparse.Namespace, results: str) -> list[str]:
     accel = a.accel + (",thread=multi" if a.accel == "tcg" and a.smp > 1 else "")
     return [
         qemu, "-nodefaults", "-no-user-config", "-no-reboot",
-        "-machine", "pc", "-accel", accel, "-cpu", a.cpu,
+        "-machine", a.machine, "-accel", accel, "-cpu", a.cpu,
         "-smp", str(a.smp), "-m", str(a.mem),
         "-display", "none", "-monitor", "none",
         "-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
@@ -226,6 +230,11 @@ def main(argv: list[str]) -> int:
             log("qemu: " + " ".join(shlex.quote(x) for x in argv_q))
         t0 = time.monotonic()
         deadline = t0 + a.timeout
+        # SIGTERM/SIGHUP (make or CI giving up) must not leave qemu running.
+        def _stop(signum, frame):
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGHUP, _stop)
         proc = subprocess.Popen(argv_q, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 start_new_session=True)
         try:
