@@ -64,14 +64,11 @@ from .spec import BOX_HOSTNAME, BOX_UID, JailSpec
 REPORT_FD = 3
 GO_FD = 4
 SYNC_FD = 5
-CAP_LAST = int(open("/proc/sys/kernel/cap_last_cap").read())
+with open("/proc/sys/kernel/cap_last_cap") as _f:
+    CAP_LAST = int(_f.read())  # read once in the fork server: P has no /proc of the host
 SETUP_FAILED = 127
 ALL_NAMESPACES = (L.CLONE_NEWUSER | L.CLONE_NEWNS | L.CLONE_NEWPID | L.CLONE_NEWNET
                   | L.CLONE_NEWIPC | L.CLONE_NEWUTS | L.CLONE_NEWCGROUP)
-
-
-class StepFailed(Exception):
-    pass
 
 
 def _step(name: str, fn, *args):
