@@ -7,6 +7,7 @@ carry the backend, so a report says which kernel path each result proves.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 
@@ -17,7 +18,7 @@ from sandboxd import languages
 from sandboxd.jail.supervisor import Sandbox
 from sandboxd.model import Limits, Result, Submission
 from sandboxd.runner import Runner
-from tests.conftest import require_kernel
+from tests.conftest import SLOWDOWN, require_kernel
 
 STATE_DIR = "/run/sandboxd-test"  # shared by test daemons: one private ws mount
 
@@ -36,7 +37,14 @@ def sandbox() -> Iterator[Sandbox]:
 
 @pytest.fixture(scope="session")
 def config() -> config_mod.Config:
-    return config_mod.Config()
+    cfg = config_mod.Config()
+    if SLOWDOWN == 1:
+        return cfg
+    c = cfg.sandbox.compile
+    compile_limits = dataclasses.replace(c, cpu_ms=int(c.cpu_ms * SLOWDOWN),
+                                         wall_ms=int(c.wall_ms * SLOWDOWN))
+    return dataclasses.replace(cfg, sandbox=dataclasses.replace(cfg.sandbox,
+                                                                compile=compile_limits))
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +61,8 @@ def runner(sandbox: Sandbox, registry: languages.Registry, config) -> Runner:
 def execute(runner: Runner):
     """`await execute(language, source, stdin=..., time_limit_ms=..., ...)` -> Result."""
 
-    async def run(language: str, source: str, stdin: str = "", *, time_limit_ms: int = 2000,
+    async def run(language: str, source: str, stdin: str = "", *,
+                  time_limit_ms: int = int(2000 * SLOWDOWN),
                   wall_time_limit_ms: int | None = None, memory_limit_mb: int = 256,
                   expected_output: str | None = None) -> Result:
         limits = Limits(time_limit_ms=time_limit_ms,

@@ -61,7 +61,7 @@ async def test_box_cgroup_carries_the_limits_while_running(v2, execute):
 
     result, _ = await asyncio.gather(
         execute("python3", "import time; time.sleep(1.5)", memory_limit_mb=100,
-                time_limit_ms=1000, wall_time_limit_ms=5000),
+                time_limit_ms=5000, wall_time_limit_ms=10_000),
         inspect())
     assert result.status is Status.ACCEPTED
     # memory.max = the program's 100 MiB + the few MiB its box's setup holds (measured).
