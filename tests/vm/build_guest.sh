@@ -150,8 +150,10 @@ C9P=loose
 for x in $(cat /proc/cmdline); do case "$x" in vm.9pcache=*) C9P=${x#vm.9pcache=} ;; esac; done
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=$C9P,ro hostroot /lower \
     || fatal "cannot mount the host root (9p hostroot)"
-# All writes go to a tmpfs upper layer.  9p has no file handles, so index/xino
-# are pointless (and index=on would be refused); say so explicitly.
+# All writes go to a tmpfs upper layer.  Overlay over 9p works with Debian's
+# defaults, which already are the options below; they are spelled out so that a
+# kernel with other defaults behaves the same (9p has no file handles, so index
+# and nfs_export cannot work on it anyway; xino cannot fit the remapped inodes).
 mount -t tmpfs -o mode=755 ovl /ovl
 mkdir -p /ovl/upper /ovl/work
 mount -t overlay -o lowerdir=/lower,upperdir=/ovl/upper,workdir=/ovl/work,index=off,metacopy=off,xino=off,redirect_dir=off \
@@ -220,6 +222,9 @@ wait 2>/dev/null
 $BB dmesg > "$R/dmesg.log" 2>/dev/null
 echo $rc > "$R/exit_code.tmp" && $BB mv "$R/exit_code.tmp" "$R/exit_code"
 $BB sync
+# Let the serial console drain (stty sets with TCSADRAIN), or the last bytes
+# of output can be lost in the reboot.
+$BB stty -F /dev/console onlcr 2>/dev/null
 $BB grep -q 'loglevel=7' /proc/cmdline || echo 0 > /proc/sys/kernel/printk
 $BB reboot -f
 echo b > /proc/sysrq-trigger

@@ -41,6 +41,7 @@ BASE_ENV = {
     "TERM": "dumb",
     "LANG": "C.UTF-8",
     "TMPDIR": "/tmp",
+    "PYTHONUNBUFFERED": "1",          # output goes through a pipe; keep it live
     "VM_RESULTS_DIR": GUEST_RESULTS,
     "SANDBOXD_VM_LANE": "1",
 }
@@ -77,7 +78,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help=f"qemu -cpu model (default {DEFAULT_CPU})")
     p.add_argument("--machine", default="q35",
                    help="qemu -machine type (default q35; boots ~0.4 s faster than pc under TCG)")
-    p.add_argument("--accel", default="tcg", help="qemu accelerator (default tcg; kvm does not work here)")
+    p.add_argument("--tcg-thread", choices=("single", "multi"), default="single",
+                   help="TCG threading (default single: multi is faster on an idle host "
+                        "but JIT runtimes such as java crash now and then)")
+    p.add_argument("--accel", default="tcg",
+                   help="qemu accelerator (default tcg; kvm does not work on the dev VM)")
     p.add_argument("--verbose", "-v", action="store_true",
                    help="show kernel messages and the qemu command line")
     p.add_argument("--no-build", action="store_true", help="do not run build_guest.sh")
@@ -121,7 +126,7 @@ def job_script(cmd: list[str], cwd: str, env: dict[str, str], cgroup: str | None
             f"mkdir -p {q(cg)} && echo $$ > {q(cg + '/cgroup.procs')} || exit 125",
         ]
     lines += [
-        f"cd {q(cwd)} || {{ echo \"run_in_guest: cannot cd to {q(cwd)} in the guest\"; exit 125; }}",
+        f"cd {q(cwd)} || {{ echo run_in_guest: cannot cd to {q(cwd)} in the guest; exit 125; }}",
         # The host's env(1), not busybox's: busybox would run its own applets
         # (sh, unshare, ...) in place of the real programs of the same name.
         "exec " + " ".join([q(HOST_ENV), "-i"]
@@ -146,7 +151,14 @@ def qemu_argv(a: argparse.Namespace, results: str) -> list[str]:
     kernel = os.path.join(CACHE, "vmlinux")
     if not os.path.exists(kernel):
         kernel = os.path.join(CACHE, "vmlinuz")
-    accel = a.accel + (",thread=multi" if a.accel == "tcg" and a.smp > 1 else "")
+    accel = a.accel
+    if accel == "tcg":
+        # thread=single by default: with multi-threaded TCG, JIT runtimes (java,
+        # javac) crash now and then with SIGSEGV/SIGILL in freshly compiled code
+        # (cross-modifying code between vCPUs; ~3/40 javac runs on QEMU 7.2,
+        # same with -cpu qemu64).  Round-robin TCG showed 0/40 and, on a 2-core
+        # host that is busy anyway, costs little.
+        accel += f",thread={a.tcg_thread}"
     return [
         qemu, "-nodefaults", "-no-user-config", "-no-reboot",
         "-machine", a.machine, "-accel", accel, "-cpu", a.cpu,
@@ -187,8 +199,8 @@ def stream(proc: subprocess.Popen, deadline: float) -> bool:
             data, carry = data[:-1], b"\r"
         out.write(data.replace(b"\r\n", b"\n"))
         out.flush()
-    if carry:
-        out.write(carry)
+    if carry:                       # a lone CR at the very end: end the line
+        out.write(b"\n")
         out.flush()
     # stdout closed: qemu is exiting; wait for it, still bounded by the deadline.
     try:
