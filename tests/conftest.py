@@ -13,9 +13,9 @@ import os
 import pytest
 
 MUST_WORK = os.environ.get("SANDBOXD_MUST_WORK") == "1"
-# Under software emulation (the VM lane) everything runs several times slower. Default
-# limits and "fast enough" thresholds scale by this factor; assertions about a limit's
-# precision keep using the limit the test itself sets.
+# Under software emulation (the VM lane) everything runs several times slower. "Fast
+# enough" thresholds (and the compile step's limits) scale by this factor; the run
+# limits and the assertions about their precision do not.
 SLOWDOWN = float(os.environ.get("SANDBOXD_TEST_SLOWDOWN", "1"))
 
 

@@ -61,8 +61,7 @@ def runner(sandbox: Sandbox, registry: languages.Registry, config) -> Runner:
 def execute(runner: Runner):
     """`await execute(language, source, stdin=..., time_limit_ms=..., ...)` -> Result."""
 
-    async def run(language: str, source: str, stdin: str = "", *,
-                  time_limit_ms: int = int(2000 * SLOWDOWN),
+    async def run(language: str, source: str, stdin: str = "", *, time_limit_ms: int = 2000,
                   wall_time_limit_ms: int | None = None, memory_limit_mb: int = 256,
                   expected_output: str | None = None) -> Result:
         limits = Limits(time_limit_ms=time_limit_ms,
