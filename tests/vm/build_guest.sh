@@ -167,7 +167,8 @@ mkdir -p $NR/dev/pts $NR/dev/shm $NR/dev/mqueue
 mount -t devpts -o newinstance,ptmxmode=0666,mode=620,gid=5 devpts $NR/dev/pts
 mount -t tmpfs -o mode=1777 shm $NR/dev/shm
 mount -t mqueue mqueue $NR/dev/mqueue 2>/dev/null
-mount -t tmpfs -o mode=1777 tmp $NR/tmp
+# /tmp stays the host's (through the overlay, writes in RAM): a checkout under /tmp,
+# as CI's or a new user's fresh clone may be, must be visible in the guest.
 mount -t tmpfs -o mode=755 run $NR/run
 mkdir -p $NR/run/vm/results
 cp /bin/busybox $NR/run/vm/busybox
