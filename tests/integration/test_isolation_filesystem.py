@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from sandboxd.jail.mounts import DEVICES
-from sandboxd.model import Result, Status
-
-PRELUDE = (Path(__file__).parent / "programs" / "isolation_checks.h").read_text()
+from sandboxd.model import Status
+from tests.integration.hostile import assert_checks, c_program
 
 # The Python programs' prelude: the same line protocol as programs/isolation_checks.h.
 PY_PRELUDE = r'''
@@ -64,30 +63,6 @@ SYNTHESIZED_USERS = {"root", "sandbox", "nobody"}
 
 def py_program(body: str) -> str:
     return PY_PRELUDE + body
-
-
-def c_program(body: str) -> str:
-    return PRELUDE + "\n" + body
-
-
-def checks(result: Result) -> dict[str, str]:
-    got: dict[str, str] = {}
-    for line in result.stdout.splitlines():
-        name, sep, verdict = line.partition(":")
-        if sep:
-            got[name] = verdict
-    return got
-
-
-def assert_checks(result: Result, names: list[str]) -> None:
-    """The program ran to its end (Accepted) and printed `name:OK` for every name."""
-    assert result.status is Status.ACCEPTED, (
-        f"{result.status}: exit={result.exit_code} signal={result.signal}\n"
-        f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}\ncompile:\n{result.compile_output}"
-        f"\nmessage: {result.message}")
-    got = checks(result)
-    broken = {n: got.get(n, "<no line printed>") for n in names if got.get(n) != "OK"}
-    assert not broken, f"broken promises: {broken}\nfull stdout:\n{result.stdout}"
 
 
 # ------------------------------------------------------------------------ host files

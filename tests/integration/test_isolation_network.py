@@ -10,31 +10,19 @@ from __future__ import annotations
 
 import secrets
 import socket
-from pathlib import Path
 
-from sandboxd.model import Result, Status
+from tests.integration import hostile
+from tests.integration.hostile import assert_checks
 
-PRELUDE = (Path(__file__).parent / "programs" / "isolation_checks.h").read_text()
+NET_INCLUDES = ("#include <arpa/inet.h>\n#include <netdb.h>\n#include <sys/socket.h>\n"
+                "#include <sys/un.h>\n#include <stddef.h>\n")
 
 
 def c_program(body: str) -> str:
-    return PRELUDE + "\n#include <arpa/inet.h>\n#include <netdb.h>\n#include <sys/socket.h>\n" \
-        "#include <sys/un.h>\n#include <stddef.h>\n" + body
+    return hostile.c_program(body, NET_INCLUDES)
 
 
-def assert_checks(result: Result, names: list[str]) -> None:
-    """The program ran to its end (Accepted) and printed `name:OK` for every name."""
-    assert result.status is Status.ACCEPTED, (
-        f"{result.status}: exit={result.exit_code} signal={result.signal}\n"
-        f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}\ncompile:\n{result.compile_output}"
-        f"\nmessage: {result.message}")
-    got: dict[str, str] = {}
-    for line in result.stdout.splitlines():
-        name, sep, verdict = line.partition(":")
-        if sep:
-            got[name] = verdict
-    broken = {n: got.get(n, "<no line printed>") for n in names if got.get(n) != "OK"}
-    assert not broken, f"broken promises: {broken}\nfull stdout:\n{result.stdout}"
+
 
 
 # -------------------------------------------------------------------------- host listener
