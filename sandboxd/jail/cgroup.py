@@ -31,6 +31,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._proc import mountinfo as _mountinfo
+from ._proc import pid_alive
 from .spec import JailError
 
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer")
@@ -69,16 +71,6 @@ def _keyed(text: str, key: str) -> int:
         if name == key:
             return int(value)
     return 0
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Cgroup(ABC):
@@ -141,7 +133,7 @@ class CgroupBackend(ABC):
         for path in self.box_dirs():
             parts = path.name.split("-")
             if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) != os.getpid():
-                if _pid_alive(int(parts[1])):
+                if pid_alive(int(parts[1])):
                     continue
                 cgroup = self.open(path.name)
                 cgroup.kill_all()
@@ -430,18 +422,6 @@ class V1Backend(CgroupBackend):
 
 
 # --------------------------------------------------------------------------- detection
-
-
-def _mountinfo() -> list[tuple[str, str, str]]:
-    """(mount point, fs type, super options) of every mount."""
-    mounts = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields = left.split()
-            fstype, _source, options = right.split()[:3]
-            mounts.append((fields[4].replace("\\040", " "), fstype, options))
-    return mounts
 
 
 def _own_cgroups() -> dict[str, str]:

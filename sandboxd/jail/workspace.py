@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 from . import _libc as L
+from ._proc import mountinfo, pid_alive
 from .spec import Bind
 
 
@@ -92,13 +93,12 @@ def prepare_instance_dir(parent: Path) -> Path:
     mount namespaces; workspaces left by a daemon that is gone are unmounted first.
     """
     parent.mkdir(parents=True, exist_ok=True)
-    with open("/proc/self/mountinfo") as f:
-        mounted = [line.split()[4] for line in f]
+    mounted = [point for point, _type, _options in mountinfo()]
     if str(parent) not in mounted:
         L.mount(str(parent), str(parent), None, L.MS_BIND)
     L.mount(None, str(parent), None, L.MS_PRIVATE)
     for entry in sorted(parent.iterdir()):
-        if not entry.name.isdigit() or _alive(int(entry.name)):
+        if not entry.name.isdigit() or pid_alive(int(entry.name)):
             continue
         for point in sorted((m for m in mounted if m.startswith(f"{entry}/")), reverse=True):
             L.umount2(point, L.MNT_DETACH)
@@ -119,13 +119,3 @@ def release_instance_dir(mine: Path) -> None:
         with contextlib.suppress(OSError):
             L.umount2(str(parent), L.MNT_DETACH)
             parent.rmdir()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
