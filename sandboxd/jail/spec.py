@@ -36,6 +36,9 @@ class BoxLimits:
     file_size_bytes: int = 64 << 20
     stack_bytes: int = 0  # 0: unlimited (bounded by the memory limit)
     cpu_share: float = 1.0  # CPUs the box may use at once
+    # False (compile steps): output past the cap is read and dropped, the box keeps
+    # running; `output_exceeded` still says it happened. True: the cap kills the box.
+    output_overflow_kills: bool = True
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,9 @@ class JailOutcome:
     wall_exceeded: bool = False
     oom_killed: bool = False
     output_exceeded: bool = False
+    # The kernel refused an allocation larger than the memory limit (evidence for MLE
+    # when the program then failed), see stage.py.
+    memory_refused: bool = False
     setup_error: str | None = None  # "step: strerror" when the sandbox itself failed
 
 
