@@ -182,13 +182,11 @@ class V2Cgroup(Cgroup):
         self._peak_fd: int | None = None
 
     @property
-    def usage_files(self) -> tuple[str, str, str]:
+    def accounting_files(self) -> tuple[str, str, str, str, str]:
         peak = self.path / "memory.peak"
         return (str(self.path / "cpu.stat"), str(self.path / "memory.current"),
-                str(peak if peak.exists() else self.path / "memory.current"))
-
-    def set_memory_limit(self, limit: int) -> None:
-        _write(self.path / "memory.max", str(limit))
+                str(peak if peak.exists() else self.path / "memory.current"),
+                str(self.path / "memory.max"), str(self.path / "memory.max"))
 
     def start_program(self, memory_limit: int, baseline: int | None = None) -> int:
         if baseline is None:
@@ -353,21 +351,14 @@ class V1Cgroup(Cgroup):
         return int(_read(self.dirs["cpuacct"] / "cpuacct.usage"))
 
     @property
-    def usage_files(self) -> tuple[str, str, str]:
-        return (str(self.dirs["cpuacct"] / "cpuacct.usage"),
-                str(self.dirs["memory"] / "memory.usage_in_bytes"),
-                str(self.dirs["memory"] / "memory.max_usage_in_bytes"))
-
-    def set_memory_limit(self, limit: int) -> None:
+    def accounting_files(self) -> tuple[str, str, str, str, str]:
         memory = self.dirs["memory"]
         memsw = memory / "memory.memsw.limit_in_bytes"
-        lowering = limit < int(_read(memory / "memory.limit_in_bytes"))
-        # memsw (memory + swap) may never be below the memory limit: order the writes.
-        if memsw.exists() and not lowering:
-            _write(memsw, str(limit))
-        _write(memory / "memory.limit_in_bytes", str(limit))
-        if memsw.exists() and lowering:
-            _write(memsw, str(limit))
+        limit = memory / "memory.limit_in_bytes"
+        return (str(self.dirs["cpuacct"] / "cpuacct.usage"),
+                str(memory / "memory.usage_in_bytes"),
+                str(memory / "memory.max_usage_in_bytes"),
+                str(limit), str(memsw if memsw.exists() else limit))
 
     def start_program(self, memory_limit: int, baseline: int | None = None) -> int:
         memory = self.dirs["memory"]

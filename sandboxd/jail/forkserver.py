@@ -58,7 +58,8 @@ class ForkServer:
                         break
                 self.reap()
             if self.sock.fileno() in ready:
-                msg, fds, _flags, _addr = socket.recv_fds(self.sock, protocol.MAX_MESSAGE, 8)
+                msg, fds, _flags, _addr = socket.recv_fds(self.sock, protocol.MAX_MESSAGE,
+                                                             protocol.SPAWN_FDS)
                 if not msg:
                     return  # the daemon is gone
                 try:

@@ -9,6 +9,8 @@
     6, 7     cgroup CPU / memory counters, read-only (close-on-exec), for the box's init
     8        cgroup memory peak, read-write: the   its own copy (same open file: a v2
              init restarts it at execve            peak reset is per open file)
+    9, 10    cgroup memory limit files, write-only (v1 memory.limit_in_bytes and
+             memsw.limit_in_bytes, v2 memory.max twice): the init narrows the limit
 
 Output pipes hold the whole cap: a runtime that writes its output and exits at once
 (Node.js drops pending pipe writes on `process.exit`) never waits for the daemon, so
@@ -68,7 +70,7 @@ class BoxFds:
     """Every descriptor of one box, opened all-or-nothing (see module docstring)."""
 
     def __init__(self, stdin: bytes, output_cap: int, merge_stderr: bool,
-                 usage_files: tuple[str, str, str]) -> None:
+                 accounting: tuple[str, str, str, str, str]) -> None:
         self._opened: list[int] = []
         try:
             self.stdin = self._keep(sealed_stdin(stdin))
@@ -80,10 +82,12 @@ class BoxFds:
                 self.err_r, self.err_w = self._keep_pair(output_pipe(output_cap))
             self.rep_r, self.rep_w = self._keep_pair(os.pipe2(os.O_CLOEXEC))
             self.go_r, self.go_w = self._keep_pair(os.pipe2(os.O_CLOEXEC))
-            self.cpu_usage = self._keep(os.open(usage_files[0], os.O_RDONLY | os.O_CLOEXEC))
-            self.memory_usage = self._keep(os.open(usage_files[1],
-                                                   os.O_RDONLY | os.O_CLOEXEC))
-            self.memory_peak = self._keep(os.open(usage_files[2], os.O_RDWR | os.O_CLOEXEC))
+            cpu, memory, peak, limit, limit2 = accounting
+            self.cpu_usage = self._keep(os.open(cpu, os.O_RDONLY | os.O_CLOEXEC))
+            self.memory_usage = self._keep(os.open(memory, os.O_RDONLY | os.O_CLOEXEC))
+            self.memory_peak = self._keep(os.open(peak, os.O_RDWR | os.O_CLOEXEC))
+            self.limits = [self._keep(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+                           for path in (limit, limit2)]
         except BaseException:
             self.close_all()
             raise
@@ -100,21 +104,21 @@ class BoxFds:
     def child_ends(self) -> list[int]:
         """In protocol.FD_* order, as sent to the fork server."""
         return [self.stdin, self.out_w, self.err_w, self.rep_w, self.go_r, self.cpu_usage,
-                self.memory_usage, self.memory_peak]
+                self.memory_usage, self.memory_peak, *self.limits]
 
     def close_child_ends(self) -> None:
         """The box has its copies now (or never will): ours go (the peak stays open)."""
         for fd in set(self.child_ends) - {self.memory_peak}:
-            self._close(fd)
+            self.close(fd)
 
     def read_peak(self) -> int:
         return int(os.pread(self.memory_peak, 64, 0))
 
     def close_all(self) -> None:
         for fd in list(self._opened):
-            self._close(fd)
+            self.close(fd)
 
-    def _close(self, fd: int) -> None:
+    def close(self, fd: int) -> None:
         if fd in self._opened:
             self._opened.remove(fd)
             with contextlib.suppress(OSError):

@@ -41,7 +41,9 @@ USERMAP_PLS = b"U"
 USERMAP_ACK = b"A"
 GO = b"G"
 # Descriptor order of a SPAWN request (SCM_RIGHTS).
-SPAWN_FDS = 8  # stdin, stdout, stderr, report, go, CPU counter, memory counter, peak
+# stdin, stdout, stderr, report, go; the cgroup's CPU counter, memory counter, memory
+# peak, and two memory limit files (v1 memory + memsw, or v2 memory.max twice).
+SPAWN_FDS = 10
 
 
 def encode(message: dict) -> bytes:
@@ -65,6 +67,7 @@ class Report:
     execed: bool = False
     pre_exec_cpu_ns: int = 0
     exec_memory_bytes: int = 0
+    limit_errno: int = 0  # setting the program's memory limit failed (EBUSY: over it)
     wait_status: int | None = None
     wall_ns: int | None = None
     exit_cpu_ns: int | None = None  # the cgroup's CPU counter when the program ended
@@ -86,7 +89,8 @@ def parse_report(raw: bytes) -> Report:
             fields["started"] = True
         elif kind == "EXECED":
             fields.update(execed=True, pre_exec_cpu_ns=msg["pre_exec_cpu_ns"],
-                          exec_memory_bytes=msg["memory_bytes"])
+                          exec_memory_bytes=msg["memory_bytes"],
+                          limit_errno=msg["limit_errno"])
         elif kind == "EXITED":
             fields.update(wait_status=msg["status"], wall_ns=msg["wall_ns"],
                           exit_cpu_ns=msg["cpu_ns"], init_cpu_ns=msg["init_cpu_ns"])

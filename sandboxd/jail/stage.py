@@ -49,8 +49,9 @@ I — PID 1, uid 0 inside (the keeper id), capabilities only inside the box
   fork          P, the program. The program is never PID 1: the kernel ignores
                 default-action signals sent to an init, so abort() would not die
   exec          execve closes a close-on-exec pipe of P's: I then reads P's CPU clock
-                and the memory counter, restarts the memory peak and reports EXECED,
-                so the program's numbers start exactly at its execve
+                and the memory counter, narrows the memory limit from the setup's
+                headroom to usage + limit, restarts the memory peak and reports
+                EXECED: the program's numbers and limit start exactly at its execve
   reap          reap every child; when P ends, read the CPU counter, send EXITED, exit:
                 the kernel then kills whatever else is left in the PID namespace
 P — the program
@@ -89,7 +90,8 @@ SYNC_FD = 5
 CPU_USAGE_FD = 6  # the box cgroup's CPU counter, opened read-only by the supervisor
 MEMORY_USAGE_FD = 7  # ... and its memory counter
 MEMORY_PEAK_FD = 8  # ... and its memory high-water mark (read-write: reset at execve)
-LAST_FD = MEMORY_PEAK_FD
+MEMORY_LIMIT_FDS = (9, 10)  # ... and its memory limit files, write-only (v1: memory, memsw)
+LAST_FD = 10
 with open("/proc/sys/kernel/cap_last_cap") as _f:
     CAP_LAST = int(_f.read())  # read once in the fork server: P has no /proc of the host
 SETUP_FAILED = 127
@@ -158,10 +160,10 @@ def _join_cgroup(procs_files: list[str]) -> None:
 
 def _stdio(fds: list[int], sync: int) -> None:
     # Copy everything above the target range first, so no dup2 clobbers a source.
-    # Result: 0-2 stdio, 3 report, 4 go, 5 sync, 6-8 cgroup counters; the rest closed.
-    stdin, stdout, stderr, report, go, cpu, memory, peak = fds
+    # Result: 0-2 stdio, 3 report, 4 go, 5 sync, 6-10 cgroup files; the rest closed.
+    stdin, stdout, stderr, report, go, *cgroup_files = fds
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100)
-            for fd in (stdin, stdout, stderr, report, go, sync, cpu, memory, peak)]
+            for fd in (stdin, stdout, stderr, report, go, sync, *cgroup_files)]
     for target, fd in enumerate(high):
         os.dup2(fd, target, inheritable=target <= 2)
     os.closerange(LAST_FD + 1, 1 << 20)
@@ -284,6 +286,21 @@ def _await_exec(exec_r: int, program: int) -> int | None:
     return at_eof
 
 
+def _narrow_memory_limit(limit: int) -> int:
+    """From setup headroom to exactly the program's limit on top of the usage at execve.
+
+    Lowering: the memory limit before v1's memsw (which may never be below it). Returns
+    0, or the errno (v1 EBUSY: the program is over the new limit already).
+    """
+    value = str(limit).encode()
+    try:
+        for fd in MEMORY_LIMIT_FDS:
+            os.write(fd, value)
+    except OSError as e:
+        return e.errno or -1
+    return 0
+
+
 def _restart_peak() -> None:
     # v1 memory.max_usage_in_bytes resets on any write; v2 memory.peak (Linux 6.12+)
     # on "reset", for reads through this same open file (the supervisor holds it too).
@@ -314,9 +331,10 @@ def _init(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, lifeline: int) -> N
     started = time.monotonic_ns()
     if pre_exec_ns is not None:
         memory = int(_read_counter(MEMORY_USAGE_FD))
+        limit_errno = _narrow_memory_limit(memory + spec.limits.memory_bytes)
         _restart_peak()
         protocol.report(REPORT_FD, {"kind": "EXECED", "pre_exec_cpu_ns": pre_exec_ns,
-                                    "memory_bytes": memory})
+                                    "memory_bytes": memory, "limit_errno": limit_errno})
     while True:
         try:
             pid, status = os.waitpid(-1, 0)

@@ -219,7 +219,7 @@ class _BoxRun:
         self.spec = spec
         self.limits: BoxLimits = spec.limits
         self.ids = ids
-        self.go_fd = -1
+        self.go_sent = False
         self.cpu_at_go = 0  # the cgroup's CPU counter at STARTED, every box process asleep
         self.cpu_baseline_ns = 0  # ... plus P's own CPU before execve (EXECED)
         self.memory_baseline = 0
@@ -237,25 +237,22 @@ class _BoxRun:
 
     def _on_message(self, message: dict) -> None:
         kind = message.get("kind")
-        if kind == "STARTED" and self.go_fd >= 0:
+        if kind == "STARTED" and not self.go_sent:
+            self.go_sent = True
             try:
                 self.cpu_at_go = self.box.cpu_ns()
-                os.write(self.go_fd, protocol.GO)
+                os.write(self.fds.go_w, protocol.GO)
             except OSError:
                 self.kill()  # the box died meanwhile; its report says why
-            os.close(self.go_fd)
-            self.go_fd = -1
+            self.fds.close(self.fds.go_w)
         elif kind == "EXECED" and self.started_at is None:
             self.started_at = time.monotonic()
             self.cpu_baseline_ns = self.cpu_at_go + message["pre_exec_cpu_ns"]
             self.memory_baseline = message["memory_bytes"]
-            try:
-                self.box.set_memory_limit(self.memory_baseline + self.limits.memory_bytes)
-            except OSError as e:
-                if e.errno != errno.EBUSY:
-                    raise JailError(f"cannot set the memory limit: {e}") from None
-                # v1 refuses a limit below the usage: the program is over it already.
-                self.memory_exceeded = True
+            if message["limit_errno"]:
+                # v1 refuses a limit below the usage (EBUSY): the program is over it
+                # already. Any other errno is the sandbox's failure: ended either way.
+                self.memory_exceeded = message["limit_errno"] == errno.EBUSY
                 self.kill()
 
     def _on_overflow(self) -> None:
@@ -265,10 +262,9 @@ class _BoxRun:
 
     async def run(self) -> JailOutcome:
         self.fds = fds = BoxFds(self.spec.stdin, self.limits.output_bytes, self.spec.merge_stderr,
-                     self.box.usage_files)
+                     self.box.accounting_files)
         kills = self.limits.output_overflow_kills
         try:
-            self.go_fd = fds.go_w
             self.stdout = OutputReader(fds.out_r, self.limits.output_bytes, kills=kills,
                                        on_overflow=self._on_overflow)
             fds.release(fds.out_r)
@@ -287,15 +283,14 @@ class _BoxRun:
                 if reader is not None:
                     reader.close()
             fds.close_all()
-            self.go_fd = -1
             raise
         fds.close_child_ends()
         try:
             await self._watch()
-        finally:
-            if self.go_fd >= 0:
-                fds.close_all()
-                self.go_fd = -1
+        except BaseException:
+            self.kill()
+            fds.close_all()
+            raise
         self.kill()  # anything the program left behind dies with the box
         readers = [r for r in (self.stdout, self.stderr, self.report) if r is not None]
         drains = [r.drain() for r in readers if isinstance(r, OutputReader)]
@@ -361,6 +356,8 @@ class _BoxRun:
         if report.failed_step is not None:
             name = errno.errorcode.get(report.failed_errno, str(report.failed_errno))
             return f"{report.failed_step}: {report.failed_message} ({name})"
+        if report.limit_errno and report.limit_errno != errno.EBUSY:
+            return f"setting the program's memory limit failed ({os.strerror(report.limit_errno)})"
         if not report.execed:
             if report.wait_status is not None:
                 return (f"the program's process ended before its execve "
