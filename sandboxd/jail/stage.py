@@ -52,8 +52,9 @@ I — PID 1, uid 0 inside (the keeper id), capabilities only inside the box
                 and the memory counter, narrows the memory limit from the setup's
                 headroom to usage + limit, restarts the memory peak and reports
                 EXECED: the program's numbers and limit start exactly at its execve
-  reap          reap every child; when P ends, read the CPU counter, send EXITED, exit:
-                the kernel then kills whatever else is left in the PID namespace
+  reap          reap every child; when P ends (or stops itself: then as if killed by
+                the stop signal), read the CPU counter, send EXITED, exit: the kernel
+                then kills whatever else is left in the PID namespace
 P — the program
   oom           oom_score_adj 1000: in an OOM the kernel picks the program, never I or D
   signals       every signal to its default disposition, empty mask (whatever the
@@ -337,9 +338,15 @@ def _init(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, lifeline: int) -> N
                                     "memory_bytes": memory, "limit_errno": limit_errno})
     while True:
         try:
-            pid, status = os.waitpid(-1, 0)
+            pid, status = os.waitpid(-1, os.WUNTRACED)
         except ChildProcessError:
             os._exit(SETUP_FAILED)
+        if pid == program and os.WIFSTOPPED(status):
+            # A program that stops itself (kill(0, SIGSTOP)) would only wait for the
+            # wall limit: it ends here, as if killed by the stop signal.
+            status = os.WSTOPSIG(status)
+        elif pid != program or not os.WIFEXITED(status) and not os.WIFSIGNALED(status):
+            continue
         if pid == program:
             wall = time.monotonic_ns() - started
             cpu = _parse_cpu_ns(_read_counter(CPU_USAGE_FD))

@@ -225,12 +225,16 @@ class _BoxRun:
         self.memory_baseline = 0
         self.started_at: float | None = None  # monotonic time of EXECED
         self.killed = False
+        # Why we ended the box before its program did (a limit, the setup timeout), if so.
+        self.ended_by: str | None = None
         self.cpu_exceeded = False
         self.wall_exceeded = False
         self.output_exceeded = False
         self.memory_exceeded = False  # the limit was already passed when it was set
 
-    def kill(self) -> None:
+    def kill(self, reason: str | None = None) -> None:
+        if reason is not None and self.ended_by is None:
+            self.ended_by = reason
         if not self.killed:
             self.killed = True
             self.box.kill_all()
@@ -253,12 +257,12 @@ class _BoxRun:
                 # v1 refuses a limit below the usage (EBUSY): the program is over it
                 # already. Any other errno is the sandbox's failure: ended either way.
                 self.memory_exceeded = message["limit_errno"] == errno.EBUSY
-                self.kill()
+                self.kill("memory limit")
 
     def _on_overflow(self) -> None:
         self.output_exceeded = True
         if self.limits.output_overflow_kills:
-            self.kill()
+            self.kill("output limit")
 
     async def run(self) -> JailOutcome:
         self.fds = fds = BoxFds(self.spec.stdin, self.limits.output_bytes, self.spec.merge_stderr,
@@ -310,19 +314,19 @@ class _BoxRun:
             now = time.monotonic()
             if self.started_at is None:
                 if now - spawned > SETUP_TIMEOUT_S:
-                    self.kill()
+                    self.kill("setup timeout")
                     break
                 timeout = MAX_POLL_S
             else:
                 wall_left = self.limits.wall_ms / 1000 - (now - self.started_at)
                 if wall_left <= 0:
                     self.wall_exceeded = True
-                    self.kill()
+                    self.kill("wall limit")
                     break
                 cpu_left = cpu_limit_ns - (self.box.cpu_ns() - self.cpu_baseline_ns)
                 if cpu_left < 0:
                     self.cpu_exceeded = True
-                    self.kill()
+                    self.kill("cpu limit")
                     break
                 # With cpu.max capping the box at cpu_share CPUs, the limit cannot be
                 # reached sooner than this: sleep exactly that long, no busy polling.
@@ -362,9 +366,9 @@ class _BoxRun:
             if report.wait_status is not None:
                 return (f"the program's process ended before its execve "
                         f"(wait status {report.wait_status})")
-            if self.killed:
+            if self.ended_by == "setup timeout":
                 return "box did not start within its setup timeout"
-        if report.wait_status is not None or self.killed:
+        if report.wait_status is not None or self.ended_by is not None:
             return None  # the program's status is known, or a limit ended it
         # No status from the init, and not by our kill. An OOM kill is the program's
         # doing (the init only dies in one when the program lowered its own priority).
@@ -387,7 +391,7 @@ class _BoxRun:
                 exit_code = os.WEXITSTATUS(report.wait_status)
             elif os.WIFSIGNALED(report.wait_status):
                 sig = os.WTERMSIG(report.wait_status)
-        elif self.killed and report.execed:
+        elif self.ended_by is not None and report.execed:
             sig = signal.SIGKILL.value  # killed by us for a limit before it could finish
         wall_ms = (report.wall_ns // 1_000_000 if report.wall_ns is not None
                    else int((time.monotonic() - self.started_at) * 1000) if self.started_at
