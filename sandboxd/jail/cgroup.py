@@ -66,6 +66,14 @@ def _read(path: Path) -> str:
         return f.read()
 
 
+def _file_cache(stat: Path, keys: tuple[str, ...]) -> int:
+    try:
+        text = _read(stat)
+    except FileNotFoundError:
+        return 0
+    return sum(_keyed(text, k) for k in keys)
+
+
 def _keyed(text: str, key: str) -> int:
     """The value of `key` in a flat-keyed file such as memory.events or cpu.stat."""
     for line in text.splitlines():
@@ -87,6 +95,14 @@ class Cgroup(ABC):
 
     @abstractmethod
     def cpu_ns(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def accounting_files(self) -> tuple[str, str, str, str, str]:
+        """Paths the supervisor opens for the box's init: the CPU counter and memory
+        counter (read-only), the memory peak (read-write, restarted at the program's
+        execve), and two memory limit files (v1 memory + memsw; v2 memory.max twice),
+        written in that order when the limit is lowered."""
 
     @abstractmethod
     def stats(self) -> CgroupStats: ...
@@ -229,8 +245,8 @@ class V2Cgroup(Cgroup):
             cpu_ns=self.cpu_ns(),
             memory_peak_bytes=self._peak(),
             oom_kills=_keyed(_read(self.path / "memory.events"), "oom_kill"),
-            file_cache_bytes=sum(_keyed(_read(self.path / "memory.stat"), k)
-                                 for k in ("active_file", "inactive_file")),
+            file_cache_bytes=_file_cache(self.path / "memory.stat",
+                                         ("active_file", "inactive_file")),
         )
 
     def pids(self) -> list[int]:
@@ -383,8 +399,8 @@ class V1Cgroup(Cgroup):
             cpu_ns=self.cpu_ns(),
             memory_peak_bytes=int(_read(memory / "memory.max_usage_in_bytes")),
             oom_kills=_keyed(_read(memory / "memory.oom_control"), "oom_kill"),
-            file_cache_bytes=sum(_keyed(_read(memory / "memory.stat"), k)
-                                 for k in ("total_active_file", "total_inactive_file")),
+            file_cache_bytes=_file_cache(memory / "memory.stat",
+                                         ("total_active_file", "total_inactive_file")),
         )
 
     def pids(self) -> list[int]:
