@@ -72,7 +72,8 @@ class FakeCatalog:
     def __contains__(self, language_id: str) -> bool:
         return any(d["id"] == language_id for d in self._languages)
 
-    def describe(self) -> list[dict[str, Any]]:
+    def describe(self, config: Config) -> list[dict[str, Any]]:
+        self.described_with = config
         if self.broken:
             raise RuntimeError("languages.toml vanished")
         return self._languages
@@ -436,7 +437,10 @@ async def test_result_unknown_id_is_404_json(env: Env) -> None:
 async def test_languages(env: Env) -> None:
     resp = await env.client.get("/languages")
     assert resp.status == 200
-    assert await resp.json() == env.catalog.describe()
+    config = Config()
+    assert await resp.json() == env.catalog.describe(config)
+    # The catalog fills commands for the daemon's own configuration (its defaults).
+    assert env.catalog.described_with == config
 
 
 async def test_health(env: Env) -> None:

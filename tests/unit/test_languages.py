@@ -57,7 +57,7 @@ def test_rootfs_resolves_symlinks_and_skips_missing(tmp_path):
 
 def test_memory_placeholder_in_run_argv(tmp_path):
     reg = load(tmp_path, GOOD.replace('["./a.out"]', '["java", "-Xmx{memory_limit_mb}m"]'))
-    assert reg["c"].run_argv(128) == ("java", "-Xmx128m")
+    assert reg["c"].run_argv(languages.StepSizes(128)) == ("java", "-Xmx128m")
 
 
 @pytest.mark.parametrize(("text", "words"), [
