@@ -266,7 +266,8 @@ public class Main {
         return best;
     }
     public static void main(String[] args) throws IOException {
-        int n = Integer.parseInt(new BufferedReader(new InputStreamReader(System.in)).readLine().trim());
+        BufferedReader in = new BufferedReader(new InputStreamReader(System.in));
+        int n = Integer.parseInt(in.readLine().trim());
         head = new int[n]; nxt = new int[2 * n]; to = new int[2 * n]; seen = new boolean[n];
         Arrays.fill(head, -1);
         int m = 0;
@@ -337,7 +338,8 @@ HELLO = {
     "c": '#include <stdio.h>\nint main(void) { puts("ok"); return 0; }\n',
     "cpp": '#include <iostream>\nint main() { std::cout << "ok\\n"; }\n',
     "python3": 'print("ok")\n',
-    "java": 'public class Main { public static void main(String[] a) { System.out.println("ok"); } }\n',
+    "java": ("public class Main {\n"
+             '    public static void main(String[] a) { System.out.println("ok"); }\n}\n'),
     "javascript": 'console.log("ok");\n',
 }
 
