@@ -34,6 +34,8 @@ PLACEHOLDERS = ("memory_limit_mb", "heap_limit_mb", "stack_limit_kb")
 # (V8 throws its RangeError from C++ frames deeper than the JS limit): Node.js with
 # --stack-size equal to RLIMIT_STACK dies of SIGSEGV, 128 KiB below it throws (measured).
 STACK_MARGIN_KB = 1024
+# The JVM refuses -Xss above 1 GiB; a deeper stack than that no judge needs.
+MAX_STACK_KB = 1024 * 1024
 
 
 class LanguageError(Exception):
@@ -83,7 +85,7 @@ class StepSizes:
         stack_mb = self.memory_limit_mb
         if self.stack_limit_mb:
             stack_mb = min(stack_mb, self.stack_limit_mb)
-        return max(stack_mb * 1024 - STACK_MARGIN_KB, 256)
+        return max(min(stack_mb * 1024, MAX_STACK_KB) - STACK_MARGIN_KB, 256)
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,7 @@ HEAP_AND_STACK = GOOD.replace(
 @pytest.mark.parametrize(("memory_mb", "stack_mb", "heap", "stack_kb"), [
     (256, 0, 209, 256 * 1024 - 1024),  # no RLIMIT_STACK: the stack may take all memory
     (1024, 0, 862, 1024 * 1024 - 1024),
+    (4096, 0, 3473, 1024 * 1024 - 1024),  # at most 1 GiB: the JVM refuses a larger -Xss
     (256, 64, 209, 64 * 1024 - 1024),  # RLIMIT_STACK: below it, with room to spare
     (256, 512, 209, 256 * 1024 - 1024),  # a stack larger than memory is memory
     (16, 0, 5, 15 * 1024),
