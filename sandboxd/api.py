@@ -15,7 +15,8 @@ import orjson
 from aiohttp import web
 
 from sandboxd.config import Bound, Config
-from sandboxd.model import Limits, Submission
+from sandboxd.model import Limits, Submission, utf8_size
+from sandboxd.outputs import comparable_expected
 from sandboxd.service import QueueFull, Service, Unavailable
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,9 @@ class LanguageCatalog(Protocol):
 
     def __contains__(self, language_id: str) -> bool: ...
 
-    def describe(self) -> list[dict[str, Any]]: ...
+    def describe(self, config: Config) -> list[dict[str, Any]]:
+        """One entry per language, commands as run under `config`'s default limits."""
+        ...
 
 
 class ApiError(Exception):
@@ -104,19 +107,16 @@ def parse_submission(
     language = _string(data, "language")
     source = _string(data, "source")
     if language not in languages:
-        known = ", ".join(sorted(str(d.get("id")) for d in languages.describe()))
+        known = ", ".join(sorted(str(d.get("id")) for d in languages.describe(config)))
         raise ApiError(400, f"unknown language {language!r}; known languages: {known}")
-    source_bytes = len(source.encode("utf-8"))
-    if source_bytes > config.server.max_source_bytes:
-        raise ApiError(
-            413,
-            f"source is {source_bytes} bytes, over the maximum of "
-            f"{config.server.max_source_bytes} bytes",
-        )
+    _check_size("source", source, config.server.max_source_bytes, "server.max_source_bytes")
     stdin = _string(data, "stdin", default="")
+    _check_size("stdin", stdin, config.server.max_stdin_bytes, "server.max_stdin_bytes")
     expected = data.get("expected_output")
     if expected is not None and not isinstance(expected, str):
         raise ApiError(400, f"expected_output must be a string or null, not {_json_type(expected)}")
+    if expected is not None:
+        _check_expected_output(expected, config.sandbox.output_limit_bytes)
     limits = config.limits
     time_ms = _limit(data, "time_limit_ms", limits.time_limit_ms, limits.time_limit_ms.default)
     wall_ms = _limit(
@@ -132,6 +132,26 @@ def parse_submission(
         stdin=stdin,
         expected_output=expected,
     )
+
+
+def _check_size(name: str, value: str, maximum: int, setting: str) -> None:
+    size = utf8_size(value)
+    if size > maximum:
+        raise ApiError(
+            413, f"{name} is {size} bytes, over the maximum of {maximum} bytes ({setting})")
+
+
+def _check_expected_output(expected: str, output_limit: int) -> None:
+    # stdout is cut at the output limit (and the run is Output Limit Exceeded), so an
+    # expected output longer than that, as compared, can never be matched: refuse the
+    # request rather than run a job that cannot be Accepted.
+    size = utf8_size(comparable_expected(expected))
+    if size > output_limit:
+        raise ApiError(
+            400,
+            f"expected_output is {size} bytes (without trailing whitespace), longer than "
+            f"the output limit of {output_limit} bytes (sandbox.output_limit_bytes): no "
+            "program's output could match it")
 
 
 def _check_field_names(data: dict[str, Any]) -> None:
@@ -223,7 +243,7 @@ class _Handlers:
         return json_response(result.to_json(submission_id))
 
     async def languages(self, request: web.Request) -> web.Response:
-        return json_response(self._languages.describe())
+        return json_response(self._languages.describe(self._config))
 
     async def health(self, request: web.Request) -> web.Response:
         if self._service.healthy:

@@ -80,9 +80,13 @@ class SandboxConfig:
 class ServerConfig:
     listen: str = "127.0.0.1:8080"
     workers: int = 0  # jobs running at once; 0 = number of CPUs
-    queue_size: int = 256
+    queue_size: int = 256  # jobs waiting at most
+    # The memory the inputs (source, stdin, expected_output) of all unfinished jobs may
+    # hold in the daemon; a job count alone let 256 queued 16 MiB jobs take 4 GiB.
+    queue_budget_bytes: int = 256 * MIB
     results_kept: int = 10_000
     max_source_bytes: int = 1 * MIB
+    max_stdin_bytes: int = 16 * MIB
     max_body_bytes: int = 16 * MIB
     languages_file: str = str(PROJECT_DIR / "languages.toml")
 
@@ -154,3 +158,22 @@ def validate(config: Config) -> None:
         raise ConfigError("sandbox.cpu_share: must be positive")
     if config.server.workers < 0 or config.server.queue_size < 1:
         raise ConfigError("server.workers must be >= 0 and server.queue_size >= 1")
+    server = config.server
+    for name in ("max_source_bytes", "max_stdin_bytes", "max_body_bytes"):
+        if getattr(server, name) < 1:
+            raise ConfigError(f"server.{name}: must be positive")
+    # The largest job the API accepts must fit an empty queue, or it would be refused
+    # with 503 "retry later" forever.
+    largest = largest_job_bytes(config)
+    if server.queue_budget_bytes < largest:
+        raise ConfigError(
+            f"server.queue_budget_bytes: must be at least {largest} (max_source_bytes + "
+            "max_stdin_bytes + sandbox.output_limit_bytes, the largest job), not "
+            f"{server.queue_budget_bytes}")
+
+
+def largest_job_bytes(config: Config) -> int:
+    """The most input one accepted job can hold (an expected_output longer than the
+    output limit is refused: no output could match it)."""
+    s = config.server
+    return s.max_source_bytes + s.max_stdin_bytes + config.sandbox.output_limit_bytes

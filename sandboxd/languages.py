@@ -4,23 +4,38 @@ A broken table is a `LanguageError` at start-up naming the language and the
 field, never a surprise at the first submission. The rootfs each language
 names (rootfs/<name>.toml) is resolved here too, into the read-only binds and
 symlinks of the box root, so the jail receives plain data.
+
+Commands may hold placeholders, filled per step from that step's limits
+(`Language.argv`): a runtime that manages its own heap or stack has to be told
+how much of the box's memory it may use, or it sizes itself for the host.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sandboxd.config import Config
 from sandboxd.jail.spec import Bind
+from sandboxd.verdict import OutOfMemory
 
-MEMORY_PLACEHOLDER = "{memory_limit_mb}"
 _ID = re.compile(r"^[a-z][a-z0-9_+-]*$")
 _VERSION = re.compile(r"\d+(?:\.\d+)+")
+# {lower_case_name}: a shell's ${VAR}, ${v#x} or ${v:-x} in a command is left alone.
+_PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)\}")
+PLACEHOLDERS = ("memory_limit_mb", "heap_limit_mb", "stack_limit_kb")
+# Left below a runtime's own stack limit for the native frames it runs past that limit
+# (V8 throws its RangeError from C++ frames deeper than the JS limit): Node.js with
+# --stack-size equal to RLIMIT_STACK dies of SIGSEGV, 128 KiB below it throws (measured).
+STACK_MARGIN_KB = 1024
+# The JVM refuses -Xss above 1 GiB; a deeper stack than that no judge needs.
+MAX_STACK_KB = 1024 * 1024
 
 
 class LanguageError(Exception):
@@ -34,6 +49,46 @@ class Rootfs:
 
 
 @dataclass(frozen=True)
+class Heap:
+    """The part of a step's memory limit a runtime's heap may take: `percent` of the
+    limit less `reserve_mb`, the rest being the runtime's own memory (measured per
+    runtime, see languages.toml)."""
+
+    percent: int = 100
+    reserve_mb: int = 0
+
+    def limit_mb(self, memory_limit_mb: int) -> int:
+        heap = memory_limit_mb * self.percent // 100 - self.reserve_mb
+        # Under a limit smaller than the runtime's own needs the runtime cannot work
+        # anyway; a heap of a quarter of the limit still lets it start and fail there.
+        return max(heap, memory_limit_mb // 4, 1)
+
+
+@dataclass(frozen=True)
+class StepSizes:
+    """What the placeholders of one step's command are filled from."""
+
+    memory_limit_mb: int
+    stack_limit_mb: int = 0  # sandbox.stack_limit_mb: 0 = no RLIMIT_STACK of its own
+
+    @staticmethod
+    def run(config: Config, memory_limit_mb: int) -> StepSizes:
+        return StepSizes(memory_limit_mb, config.sandbox.stack_limit_mb)
+
+    @staticmethod
+    def compile(config: Config) -> StepSizes:
+        return StepSizes(config.sandbox.compile.memory_mb, config.sandbox.stack_limit_mb)
+
+    def stack_limit_kb(self) -> int:
+        # The stack a program may use: RLIMIT_STACK when one is configured, else all of
+        # its memory. A runtime with its own limit gets it less STACK_MARGIN_KB.
+        stack_mb = self.memory_limit_mb
+        if self.stack_limit_mb:
+            stack_mb = min(stack_mb, self.stack_limit_mb)
+        return max(min(stack_mb * 1024, MAX_STACK_KB) - STACK_MARGIN_KB, 256)
+
+
+@dataclass(frozen=True)
 class Language:
     id: str
     name: str
@@ -42,9 +97,14 @@ class Language:
     env: tuple[tuple[str, str], ...]
     rootfs: Rootfs
     compile: tuple[str, ...] | None = None
+    # Interpreted languages: a syntax check run as the compile step, so a program that
+    # cannot even be parsed is a Compile Error with the parser's message.
+    check: tuple[str, ...] | None = None
     version_command: tuple[str, ...] | None = None
     processes: int | None = None
     extra_syscalls: tuple[str, ...] = ()
+    heap: Heap | None = None
+    out_of_memory: OutOfMemory | None = None
     self_test: str = ""
     version: str | None = field(default=None, compare=False)
 
@@ -52,18 +112,35 @@ class Language:
     def compiled(self) -> bool:
         return self.compile is not None
 
-    def run_argv(self, memory_limit_mb: int) -> tuple[str, ...]:
-        return tuple(a.replace(MEMORY_PLACEHOLDER, str(memory_limit_mb)) for a in self.run)
+    @property
+    def compile_step(self) -> tuple[str, ...] | None:
+        """The command of the compile step: the compiler, or the syntax check."""
+        return self.compile if self.compile is not None else self.check
 
-    def describe(self) -> dict[str, Any]:
+    def argv(self, command: tuple[str, ...], sizes: StepSizes) -> tuple[str, ...]:
+        """`command` (a field of this language) with its placeholders filled."""
+        values = {
+            "memory_limit_mb": sizes.memory_limit_mb,
+            "stack_limit_kb": sizes.stack_limit_kb(),
+            "heap_limit_mb": (self.heap or Heap()).limit_mb(sizes.memory_limit_mb),
+        }
+        return tuple(_PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), a) for a in command)
+
+    def run_argv(self, sizes: StepSizes) -> tuple[str, ...]:
+        return self.argv(self.run, sizes)
+
+    def describe(self, run: StepSizes, compile: StepSizes) -> dict[str, Any]:
+        """GET /languages: the commands as a box runs them under `run`/`compile` sizes
+        (the defaults), not templates with placeholders nobody can interpret."""
+        step = self.compile_step
         return {
             "id": self.id,
             "name": f"{self.name} {self.version}" if self.version else self.name,
             "version": self.version,
             "compiled": self.compiled,
             "source_file": self.source,
-            "compile_command": list(self.compile) if self.compile else None,
-            "run_command": list(self.run),
+            "compile_command": list(self.argv(step, compile)) if step else None,
+            "run_command": list(self.run_argv(run)),
         }
 
 
@@ -94,21 +171,80 @@ class Registry:
         lang = self._by_id[language_id]
         self._by_id[language_id] = Language(**{**lang.__dict__, "version": version})
 
-    def describe(self) -> list[dict[str, Any]]:
-        return [lang.describe() for lang in self._by_id.values()]
+    def describe(self, config: Config | None = None) -> list[dict[str, Any]]:
+        """Every language, its commands filled for `config`'s default limits."""
+        config = config or Config()
+        run = StepSizes.run(config, config.limits.memory_limit_mb.default)
+        compile = StepSizes.compile(config)
+        return [lang.describe(run, compile) for lang in self._by_id.values()]
 
 
 # --------------------------------------------------------------------------- loading
 
-_FIELDS = {"name", "source", "compile", "run", "version", "rootfs", "env", "processes",
-           "extra_syscalls", "self_test"}
+_FIELDS = {"name", "source", "compile", "check", "run", "version", "rootfs", "env",
+           "processes", "extra_syscalls", "heap", "out_of_memory", "self_test"}
+_OOM_FIELDS = {"exit_codes", "signals", "stderr"}
 
 
 def _argv(lang: str, key: str, value: Any) -> tuple[str, ...]:
     if (not isinstance(value, list) or not value
             or not all(isinstance(a, str) and a for a in value)):
         raise LanguageError(f"language {lang}: {key} must be a non-empty list of strings")
+    for arg in value:
+        for name in _PLACEHOLDER.findall(arg):
+            if name not in PLACEHOLDERS:
+                raise LanguageError(
+                    f"language {lang}: {key}: unknown placeholder {{{name}}} "
+                    f"(known: {', '.join('{' + p + '}' for p in PLACEHOLDERS)})")
     return tuple(value)
+
+
+def _heap(lang: str, value: Any) -> Heap:
+    where = f"language {lang}: heap"
+    if not isinstance(value, dict) or set(value) - {"percent", "reserve_mb"}:
+        raise LanguageError(f"{where} must be a table of percent and reserve_mb")
+    percent, reserve = value.get("percent", 100), value.get("reserve_mb", 0)
+    if type(percent) is not int or not 1 <= percent <= 100:
+        raise LanguageError(f"{where}: percent must be an integer from 1 to 100")
+    if type(reserve) is not int or reserve < 0:
+        raise LanguageError(f"{where}: reserve_mb must be a non-negative integer")
+    return Heap(percent, reserve)
+
+
+def _out_of_memory(lang: str, value: Any) -> OutOfMemory:
+    where = f"language {lang}: out_of_memory"
+    if not isinstance(value, dict):
+        raise LanguageError(f"{where} must be a table")
+    unknown = set(value) - _OOM_FIELDS
+    if unknown:
+        raise LanguageError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    codes, names, patterns = (value.get(k, []) for k in ("exit_codes", "signals", "stderr"))
+    # Exit code 0 is success, and a failure is what this evidence explains.
+    if not isinstance(codes, list) or not all(type(c) is int and 1 <= c <= 255 for c in codes):
+        raise LanguageError(f"{where}: exit_codes must be a list of integers 1..255")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise LanguageError(f"{where}: signals must be a list of signal names")
+    signals = []
+    for name in names:
+        try:
+            signals.append(int(signal.Signals[name]))
+        except KeyError:
+            raise LanguageError(f"{where}: {name!r} is not a signal name (e.g. SIGABRT)") from None
+    if not codes and not signals:
+        raise LanguageError(f"{where}: needs exit_codes or signals (how the runtime ends)")
+    # Both are required: an exit status alone can be chosen by any program, a message
+    # alone can be printed by any program that then fails for another reason.
+    if not isinstance(patterns, list) or not patterns or not all(
+            isinstance(p, str) and p for p in patterns):
+        raise LanguageError(f"{where}: stderr must be a non-empty list of regular expressions")
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern, re.MULTILINE))
+        except re.error as e:
+            raise LanguageError(f"{where}: stderr pattern {pattern!r}: {e}") from None
+    return OutOfMemory(exit_codes=frozenset(codes), signals=frozenset(signals),
+                       stderr=tuple(compiled))
 
 
 def _string(lang: str, key: str, value: Any) -> str:
@@ -181,17 +317,29 @@ def _language(lang: str, data: Any, rootfs_dir: Path) -> Language:
         rootfs = resolve_rootfs(load_rootfs(rootfs_dir, rootfs_name))
     except LanguageError as e:
         raise LanguageError(f"language {lang}: {e}") from None
+    if "compile" in data and "check" in data:
+        raise LanguageError(f"language {lang}: compile and check exclude each other "
+                            "(a check is the compile step of an interpreted language)")
+    commands = {key: _argv(lang, key, data[key])
+                for key in ("run", "compile", "check", "version") if key in data}
+    heap = _heap(lang, data["heap"]) if "heap" in data else None
+    if heap is None and any("{heap_limit_mb}" in a for argv in commands.values() for a in argv):
+        raise LanguageError(f"language {lang}: {{heap_limit_mb}} is used but no heap is given")
     return Language(
         id=lang,
         name=_string(lang, "name", data["name"]),
         source=source,
-        run=_argv(lang, "run", data["run"]),
-        compile=_argv(lang, "compile", data["compile"]) if "compile" in data else None,
-        version_command=_argv(lang, "version", data["version"]) if "version" in data else None,
+        run=commands["run"],
+        compile=commands.get("compile"),
+        check=commands.get("check"),
+        version_command=commands.get("version"),
         env=tuple(sorted(env.items())),
         rootfs=rootfs,
         processes=processes,
         extra_syscalls=tuple(syscalls),
+        heap=heap,
+        out_of_memory=(_out_of_memory(lang, data["out_of_memory"])
+                       if "out_of_memory" in data else None),
         self_test=data.get("self_test", ""),
     )
 

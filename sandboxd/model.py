@@ -36,6 +36,11 @@ class Limits:
     memory_limit_mb: int
 
 
+def utf8_size(text: str) -> int:
+    """len(text.encode()), without the copy for ASCII text (isascii() is O(1))."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
 @dataclass(frozen=True)
 class Submission:
     language: str
@@ -43,6 +48,12 @@ class Submission:
     limits: Limits
     stdin: str = ""
     expected_output: str | None = None
+
+    def input_bytes(self) -> int:
+        """What the job holds until it has run: source, stdin and expected output, as
+        UTF-8 (the unit of the API's limits and of the queue's byte budget)."""
+        expected = self.expected_output or ""
+        return utf8_size(self.source) + utf8_size(self.stdin) + utf8_size(expected)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,10 @@
 Both steps of a submission share one box slot (so one host uid) and one
 workspace tmpfs: the compile box writes its binary into /box and the run box
 finds it there. The daemon itself never reads what a box wrote (workspace.py).
+
+The compile step is the language's compiler, or for an interpreted language its
+syntax check (languages.toml `check`): either way a source that does not parse is a
+Compile Error with the tool's message.
 """
 
 from __future__ import annotations
@@ -14,16 +18,12 @@ from sandboxd.config import MIB, Config
 from sandboxd.jail.spec import BoxLimits, JailError, JailOutcome, JailSpec, SeccompProfile
 from sandboxd.jail.supervisor import Sandbox
 from sandboxd.jail.workspace import Workspace
-from sandboxd.languages import Language, Registry, parse_version
+from sandboxd.languages import Language, Registry, StepSizes, parse_version
 from sandboxd.model import Limits, Result, Status, Submission
+from sandboxd.outputs import BOM
 from sandboxd.verdict import decide, decided_by_compile, to_result
 
 log = logging.getLogger(__name__)
-
-# A program that fails while its peak memory is this close to the limit failed because
-# of the limit (an allocation refused, a runtime's own OutOfMemoryError), even when the
-# kernel's OOM killer did not have to step in.
-MEMORY_LIMIT_FAILURE_RATIO = 0.95
 
 
 class Runner:
@@ -51,21 +51,23 @@ class Runner:
             except OSError as e:
                 raise JailError(f"workspace: {e}") from None
             try:
-                workspace.write_file(lang.source, submission.source.encode())
+                # A UTF-8 BOM (Windows editors) is no part of the program: javac calls it
+                # an illegal character, and no toolchain needs it.
+                workspace.write_file(lang.source, submission.source.removeprefix(BOM).encode())
                 compiled: JailOutcome | None = None
-                if lang.compile is not None:
+                compile_step = lang.compile_step
+                if compile_step is not None:
                     compiled = await self.sandbox.run(self._spec(
-                        lang, lang.compile, self._compile_limits(lang), slot, workspace,
-                        merge_stderr=True))
+                        lang, lang.argv(compile_step, StepSizes.compile(self.config)),
+                        self._compile_limits(lang), slot, workspace, merge_stderr=True))
                     verdict = decided_by_compile(compiled)
                     if verdict is not None:
                         return to_result(verdict, compiled, None)
+                sizes = StepSizes.run(self.config, submission.limits.memory_limit_mb)
                 ran = await self.sandbox.run(self._spec(
-                    lang, lang.run_argv(submission.limits.memory_limit_mb),
-                    self._run_limits(lang, submission.limits), slot, workspace,
-                    stdin=submission.stdin.encode()))
-                ran = self._attribute_memory_failure(ran, submission.limits)
-                status = decide(compiled, ran, submission.expected_output)
+                    lang, lang.run_argv(sizes), self._run_limits(lang, submission.limits),
+                    slot, workspace, stdin=submission.stdin.encode()))
+                status = decide(compiled, ran, submission.expected_output, lang.out_of_memory)
                 return to_result(status, compiled, ran)
             finally:
                 workspace.destroy()
@@ -77,7 +79,8 @@ class Runner:
             workspace = self.sandbox.workspace(slot, self.config.sandbox.disk_limit_mb)
             try:
                 outcome = await self.sandbox.run(self._spec(
-                    lang, lang.version_command, self._compile_limits(lang), slot, workspace,
+                    lang, lang.argv(lang.version_command, StepSizes.compile(self.config)),
+                    self._compile_limits(lang), slot, workspace,
                     merge_stderr=True))
             finally:
                 workspace.destroy()
@@ -102,8 +105,11 @@ class Runner:
 
     def _compile_limits(self, lang: Language) -> BoxLimits:
         c = self.config.sandbox.compile
-        return self._box_limits(cpu_ms=c.cpu_ms, wall_ms=c.wall_ms, memory_mb=c.memory_mb,
-                                processes=max(c.processes, lang.processes or 0))
+        limits = self._box_limits(cpu_ms=c.cpu_ms, wall_ms=c.wall_ms, memory_mb=c.memory_mb,
+                                  processes=max(c.processes, lang.processes or 0))
+        # Compiler output is information: past the cap it is dropped and the compiler
+        # keeps running, so only its exit status and time/memory limits judge it.
+        return dataclasses.replace(limits, output_overflow_kills=False)
 
     def _run_limits(self, lang: Language, limits: Limits) -> BoxLimits:
         return self._box_limits(
@@ -125,11 +131,3 @@ class Runner:
             merge_stderr=merge_stderr,
             slot=slot,
         )
-
-    @staticmethod
-    def _attribute_memory_failure(ran: JailOutcome, limits: Limits) -> JailOutcome:
-        failed = ran.exit_code not in (0, None) or ran.signal is not None
-        near_limit = ran.memory_bytes >= MEMORY_LIMIT_FAILURE_RATIO * limits.memory_limit_mb * MIB
-        if failed and near_limit and not ran.oom_killed:
-            return dataclasses.replace(ran, oom_killed=True)
-        return ran

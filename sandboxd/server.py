@@ -82,7 +82,8 @@ async def serve(config: Config) -> None:
         await probe_versions(runner, registry)
         service = Service(runner, workers=config.server.worker_count,
                           queue_size=config.server.queue_size,
-                          results_kept=config.server.results_kept)
+                          results_kept=config.server.results_kept,
+                          budget_bytes=config.server.queue_budget_bytes)
         await service.start()
         app = api.create_app(service, registry, config)
         app_runner = web.AppRunner(app, access_log=None)

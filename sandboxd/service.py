@@ -5,6 +5,10 @@ jobs running at once (SPEC: CPU-heavy jobs must not turn each other into wall-cl
 TLEs), everything else waits in the queue. Whatever a runner does, every accepted job
 ends with a final Result: a runner exception becomes an Internal Error, never a lost
 job or a dead worker.
+
+The queue is bounded twice: by a number of jobs and by the bytes of input (source,
+stdin, expected output) the unfinished jobs hold, so a few large inputs cannot take
+the daemon's memory. A finished job keeps only its Result: its input is dropped.
 """
 
 from __future__ import annotations
@@ -45,7 +49,9 @@ class ShuttingDown(Unavailable):
 
 @dataclass
 class _Job:
-    submission: Submission
+    # None once the job has run: the result is all a finished job keeps.
+    submission: Submission | None
+    input_bytes: int
     result: Result = field(default_factory=lambda: pending(Status.QUEUED))
     # Set once `result` is final; waiters hold the job, so eviction cannot strand them.
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -61,12 +67,18 @@ class Stats:
 
 
 class Service:
-    def __init__(self, runner: Runner, *, workers: int, queue_size: int, results_kept: int):
+    def __init__(self, runner: Runner, *, workers: int, queue_size: int, results_kept: int,
+                 budget_bytes: int | None = None):
+        """`budget_bytes`: the input bytes all unfinished jobs may hold (None: no bound)."""
         if workers < 1 or queue_size < 1 or results_kept < 0:
             raise ValueError("need workers >= 1, queue_size >= 1, results_kept >= 0")
+        if budget_bytes is not None and budget_bytes < 1:
+            raise ValueError("need budget_bytes >= 1")
         self._runner = runner
         self._worker_count = workers
         self._results_kept = results_kept
+        self._budget_bytes = budget_bytes
+        self._held_bytes = 0  # input of jobs not finished yet
         self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)
         self._jobs: dict[str, _Job] = {}
         # Finished ids in the order they finished: the eviction order.
@@ -109,10 +121,16 @@ class Service:
             raise ShuttingDown("the service is shutting down")
         if self._queue.full():
             raise QueueFull(f"the queue is full ({self._queue.maxsize} jobs waiting)")
+        size = submission.input_bytes()
+        if self._budget_bytes is not None and self._held_bytes + size > self._budget_bytes:
+            raise QueueFull(
+                f"the queue is full: unfinished jobs hold {self._held_bytes} bytes of input, "
+                f"this one {size} more, over the budget of {self._budget_bytes} bytes")
         job_id = uuid.uuid4().hex
         # put_nowait cannot fail after the full() check: nothing awaits in between.
         self._queue.put_nowait(job_id)
-        self._jobs[job_id] = _Job(submission)
+        self._jobs[job_id] = _Job(submission, size)
+        self._held_bytes += size
         return job_id
 
     def get(self, job_id: str) -> Result | None:
@@ -140,6 +158,11 @@ class Service:
     def running(self) -> int:
         return self._running
 
+    @property
+    def held_bytes(self) -> int:
+        """Input bytes of the jobs not finished yet (what the budget bounds)."""
+        return self._held_bytes
+
     def stats(self) -> Stats:
         return Stats(
             queued=self.queued, running=self._running, finished=dict(self._finished_by_status)
@@ -157,6 +180,8 @@ class Service:
 
     async def _run_one(self, job_id: str) -> None:
         job = self._jobs[job_id]
+        if job.submission is None:
+            return  # finished while it waited (the daemon shut down)
         job.result = pending(Status.RUNNING)
         self._running += 1
         try:
@@ -177,6 +202,9 @@ class Service:
     def _finish(self, job_id: str, result: Result) -> None:
         job = self._jobs[job_id]
         job.result = result
+        if job.submission is not None:
+            job.submission = None
+            self._held_bytes -= job.input_bytes
         job.done.set()
         self._finished_by_status[result.status] += 1
         self._finished_ids[job_id] = None

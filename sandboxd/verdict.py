@@ -3,16 +3,48 @@
 `decide` walks `PRECEDENCE` top to bottom and the first row whose predicate holds
 wins, so "which verdict beats which" is read off the table instead of being hidden in
 statement order (a program killed by SIGKILL because it hit a limit is a limit verdict,
-never a Runtime Error). `to_result` then shapes the outcome into SPEC's JSON fields.
+never a Runtime Error). `to_result` then shapes the outcome into SPEC's JSON fields;
+output comparison is outputs.py.
+
+Memory Limit Exceeded needs evidence, never a guess from how much memory a failed
+program had used: the kernel's OOM kill in the box; or a failed program whose
+allocation larger than the limit the kernel refused (`memory_refused`); or a failed
+program that ended the way its runtime reports running out of memory (the language's
+`OutOfMemory` signature from languages.toml, e.g. Java's OutOfMemoryError exit).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from sandboxd.jail.spec import JailOutcome, Termination
 from sandboxd.model import Result, Status
+from sandboxd.outputs import outputs_match
+
+
+@dataclass(frozen=True)
+class OutOfMemory:
+    """How a runtime ends when it runs out of memory (languages.toml `out_of_memory`).
+
+    It matches a failed run whose exit code is one of `exit_codes` or whose signal is
+    one of `signals`, *and* whose stderr matches one of the `stderr` patterns (searched
+    with re.MULTILINE): neither an exit status a program can choose nor a message it
+    can print is evidence on its own.
+    """
+
+    exit_codes: frozenset[int] = frozenset()
+    signals: frozenset[int] = frozenset()
+    stderr: tuple[re.Pattern[str], ...] = ()
+
+    def matches(self, o: JailOutcome) -> bool:
+        ended = (o.signal in self.signals if o.signal is not None
+                 else o.exit_code in self.exit_codes)
+        if not ended:
+            return False
+        text = decode(o.stderr)
+        return any(p.search(text) for p in self.stderr)
 
 
 @dataclass(frozen=True)
@@ -22,6 +54,7 @@ class Steps:
     compile: JailOutcome | None  # None: the language has no compile step
     run: JailOutcome | None  # None: the run step never happened (compile failed)
     expected_output: str | None
+    out_of_memory: OutOfMemory | None = None  # the language's runtime OOM signature
 
 
 def _setup_failed(outcome: JailOutcome | None) -> bool:
@@ -31,12 +64,12 @@ def _setup_failed(outcome: JailOutcome | None) -> bool:
 
 
 def _compile_failed(s: Steps) -> bool:
+    # The compiler's exit status and its time and memory limits decide. Its output is
+    # information: past the cap it is truncated, never a failure by itself (a valid
+    # program can make gcc print megabytes of warnings).
     c = s.compile
-    return c is not None and (c.exit_code != 0 or c.signal is not None or _hit_any_limit(c))
-
-
-def _hit_any_limit(o: JailOutcome) -> bool:
-    return _time_exceeded(o) or _memory_exceeded(o) or _output_exceeded(o)
+    return c is not None and (c.exit_code != 0 or c.signal is not None
+                              or _time_exceeded(c) or _killed_for_memory(c))
 
 
 # Limit flags are checked together with the termination reason so that an outcome that
@@ -49,8 +82,19 @@ def _time_exceeded(o: JailOutcome) -> bool:
     )
 
 
-def _memory_exceeded(o: JailOutcome) -> bool:
+def _killed_for_memory(o: JailOutcome) -> bool:
     return o.oom_killed or o.termination is Termination.MEMORY_LIMIT
+
+
+def _memory_exceeded(s: Steps) -> bool:
+    o = s.run
+    if o is None:
+        return False
+    if _killed_for_memory(o):
+        return True  # any OOM kill in the box, also of a child the program survived
+    if not _crashed(o):
+        return False
+    return o.memory_refused or (s.out_of_memory is not None and s.out_of_memory.matches(o))
 
 
 def _output_exceeded(o: JailOutcome) -> bool:
@@ -83,7 +127,7 @@ PRECEDENCE: tuple[tuple[Predicate, Status], ...] = (
     # Compiled (or nothing to compile) but no run outcome: the sandbox lost the run.
     (lambda s: s.run is None, Status.INTERNAL_ERROR),
     (_run(_time_exceeded), Status.TIME_LIMIT_EXCEEDED),
-    (_run(_memory_exceeded), Status.MEMORY_LIMIT_EXCEEDED),
+    (_memory_exceeded, Status.MEMORY_LIMIT_EXCEEDED),
     (_run(_output_exceeded), Status.OUTPUT_LIMIT_EXCEEDED),
     (_run(_crashed), Status.RUNTIME_ERROR),
     (_wrong_answer, Status.WRONG_ANSWER),
@@ -92,9 +136,12 @@ PRECEDENCE: tuple[tuple[Predicate, Status], ...] = (
 
 
 def decide(
-    compile: JailOutcome | None, run: JailOutcome | None, expected_output: str | None
+    compile: JailOutcome | None,
+    run: JailOutcome | None,
+    expected_output: str | None,
+    out_of_memory: OutOfMemory | None = None,
 ) -> Status:
-    steps = Steps(compile, run, expected_output)
+    steps = Steps(compile, run, expected_output, out_of_memory)
     for predicate, status in PRECEDENCE:
         if predicate(steps):
             return status
@@ -105,24 +152,6 @@ def decided_by_compile(compile: JailOutcome) -> Status | None:
     """The verdict when the compile step alone decides the submission, else None."""
     status = decide(compile, None, None)
     return None if status is Status.INTERNAL_ERROR and not _setup_failed(compile) else status
-
-
-_TRAILING = " \t\r"
-
-
-def _normalized_lines(text: str) -> list[str]:
-    lines = [line.rstrip(_TRAILING) for line in text.split("\n")]
-    while lines and not lines[-1]:
-        lines.pop()
-    return lines
-
-
-def outputs_match(actual: str, expected: str) -> bool:
-    """Equal up to trailing spaces/tabs/CR on each line and blank lines at the end.
-
-    Leading whitespace and blank lines elsewhere still count.
-    """
-    return _normalized_lines(actual) == _normalized_lines(expected)
 
 
 def decode(data: bytes) -> str:
@@ -139,25 +168,29 @@ def internal_error_message(compile: JailOutcome | None, run: JailOutcome | None)
     return "the sandbox failed"
 
 
+COMPILE_OUTPUT_TRUNCATED = "[sandboxd: compile output truncated at the output limit]\n"
+
+
 def _compile_output(compile: JailOutcome | None) -> str:
     # Compile steps merge stderr into stdout to keep messages in order; append whatever
     # still came on stderr so nothing is lost.
     if compile is None:
         return ""
     text = decode(compile.stdout) + decode(compile.stderr)
+    # Past the cap the jail drops the rest: say so, or the cut looks like the end.
     # A compiler stopped by a limit often printed nothing: say which limit, or the
     # user sees a Compile Error with no reason.
-    notes = [note for hit, note in _compile_limit_notes(compile) if hit]
+    notes = [note for hit, note in _compile_notes(compile) if hit]
     if notes:
         text += ("" if not text or text.endswith("\n") else "\n") + "".join(notes)
     return text
 
 
-def _compile_limit_notes(c: JailOutcome) -> tuple[tuple[bool, str], ...]:
+def _compile_notes(c: JailOutcome) -> tuple[tuple[bool, str], ...]:
     return (
+        (_output_exceeded(c), COMPILE_OUTPUT_TRUNCATED),
         (_time_exceeded(c), "[sandboxd: the compile step exceeded its time limit]\n"),
-        (_memory_exceeded(c), "[sandboxd: the compile step exceeded its memory limit]\n"),
-        (_output_exceeded(c), "[sandboxd: the compile step exceeded its output limit]\n"),
+        (_killed_for_memory(c), "[sandboxd: the compile step exceeded its memory limit]\n"),
     )
 
 

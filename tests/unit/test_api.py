@@ -72,7 +72,8 @@ class FakeCatalog:
     def __contains__(self, language_id: str) -> bool:
         return any(d["id"] == language_id for d in self._languages)
 
-    def describe(self) -> list[dict[str, Any]]:
+    def describe(self, config: Config) -> list[dict[str, Any]]:
+        self.described_with = config
         if self.broken:
             raise RuntimeError("languages.toml vanished")
         return self._languages
@@ -93,11 +94,14 @@ MakeEnv = Callable[..., Awaitable[Env]]
 async def make_env(aiohttp_client: Any) -> AsyncIterator[MakeEnv]:
     services: list[Service] = []
 
-    async def make(queue_size: int = 8, **server: Any) -> Env:
+    async def make(queue_size: int = 8, budget_bytes: int | None = None,
+                   sandbox: dict[str, Any] | None = None, **server: Any) -> Env:
         base = Config()
-        config = dataclasses.replace(base, server=dataclasses.replace(base.server, **server))
+        config = dataclasses.replace(base, server=dataclasses.replace(base.server, **server),
+                                     sandbox=dataclasses.replace(base.sandbox, **(sandbox or {})))
         runner, catalog = FakeRunner(), FakeCatalog()
-        service = Service(runner, workers=1, queue_size=queue_size, results_kept=100)
+        service = Service(runner, workers=1, queue_size=queue_size, results_kept=100,
+                          budget_bytes=budget_bytes)
         await service.start()
         services.append(service)
         client = await aiohttp_client(create_app(service, catalog, config))
@@ -371,6 +375,67 @@ async def test_body_too_large(make_env: MakeEnv) -> None:
     assert env.runner.submissions == []
 
 
+async def test_stdin_too_large_is_413_naming_field_and_setting(make_env: MakeEnv) -> None:
+    env = await make_env(max_stdin_bytes=10)
+    status, body = await post(env, {**GOOD, "stdin": "é" * 6})  # 12 bytes, 6 characters
+    assert status == 413
+    assert body["error"].startswith("stdin is 12 bytes")
+    assert "10" in body["error"] and "server.max_stdin_bytes" in body["error"]
+    assert env.runner.submissions == []
+    assert (await post(env, {**GOOD, "stdin": "x" * 10}))[0] == 202
+
+
+async def test_default_stdin_maximum_is_16_mib() -> None:
+    assert Config().server.max_stdin_bytes == 16 * 1024 * 1024
+
+
+@pytest.mark.parametrize(("expected", "status"), [
+    ("x" * 101, 400),
+    ("é" * 51, 400),  # 102 bytes
+    ("x" * 100, 202),
+    ("x" * 100 + " \t\r\n" * 500, 202),  # trailing whitespace is not compared
+    ("x \n" * 50, 202),  # 150 bytes, 99 as compared ("x\n" * 49 + "x")
+    ("\ufeff" + "x" * 100, 202),  # nor is a leading BOM
+])
+async def test_expected_output_longer_than_the_output_limit_is_400(
+        make_env: MakeEnv, expected: str, status: int) -> None:
+    env = await make_env(sandbox={"output_limit_bytes": 100})
+    got, body = await post(env, {**GOOD, "expected_output": expected})
+    assert got == status, body
+    if status == 400:
+        error = body["error"]
+        assert error.startswith("expected_output is") and "output limit of 100" in error
+        assert "sandbox.output_limit_bytes" in error
+        assert env.runner.submissions == []
+    else:
+        await env.service.wait(body["submission_id"])
+        # Passed on unchanged: the verdict applies the comparison rule itself.
+        assert env.runner.submissions[0].expected_output == expected
+
+
+async def test_expected_output_over_the_default_output_limit_is_400(env: Env) -> None:
+    data = io.BytesIO(orjson.dumps({**GOOD, "expected_output": "7" * (1024 * 1024 + 1)}))
+    resp = await env.client.post("/execute", data=data)
+    assert resp.status == 400
+    assert "expected_output" in (await resp.json())["error"]
+
+
+async def test_queue_over_its_byte_budget_is_503_with_retry_after(make_env: MakeEnv) -> None:
+    env = await make_env(budget_bytes=100)
+    env.runner.gate = asyncio.Event()
+    body = {"language": "python3", "source": "s" * 10, "stdin": "i" * 50}  # 60 bytes
+    assert (await post(env, body))[0] == 202
+    await asyncio.wait_for(env.runner.one_started.wait(), 2)
+    resp = await env.client.post("/execute", json=body)  # 120 > 100
+    assert resp.status == 503
+    assert resp.headers["Retry-After"].isdigit()
+    assert "budget of 100 bytes" in (await resp.json())["error"]
+    assert len(env.service._jobs) == 1  # nothing half-accepted
+    small = {"language": "python3", "source": "s" * 10, "stdin": "i" * 30}  # 40: fits
+    assert (await post(env, small))[0] == 202
+    env.runner.gate.set()
+
+
 async def test_queue_full_is_503_with_retry_after(make_env: MakeEnv) -> None:
     env = await make_env(queue_size=1)
     env.runner.gate = asyncio.Event()
@@ -436,7 +501,10 @@ async def test_result_unknown_id_is_404_json(env: Env) -> None:
 async def test_languages(env: Env) -> None:
     resp = await env.client.get("/languages")
     assert resp.status == 200
-    assert await resp.json() == env.catalog.describe()
+    config = Config()
+    assert await resp.json() == env.catalog.describe(config)
+    # The catalog fills commands for the daemon's own configuration (its defaults).
+    assert env.catalog.described_with == config
 
 
 async def test_health(env: Env) -> None:

@@ -35,6 +35,8 @@ def test_defaults_match_spec() -> None:
     )
     assert config.server.max_source_bytes == 1 * MIB
     assert config.server.max_body_bytes == 16 * MIB
+    assert config.server.max_stdin_bytes == 16 * MIB
+    assert config.server.queue_budget_bytes == 256 * MIB
     assert config.server.listen == "127.0.0.1:8080"
 
 
@@ -153,3 +155,17 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
         load(tmp_path / "missing.toml")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(write(tmp_path, "[server\n"))
+
+
+def test_queue_budget_and_stdin_maximum_from_toml(tmp_path: Path) -> None:
+    config = load(write(tmp_path, "[server]\nqueue_budget_bytes = 67108864\n"
+                                  "max_stdin_bytes = 1048576\n"))
+    assert (config.server.queue_budget_bytes, config.server.max_stdin_bytes) == (64 * MIB, MIB)
+
+
+def test_queue_budget_must_hold_the_largest_job(tmp_path: Path) -> None:
+    # 1 MiB source + 16 MiB stdin + 1 MiB expected output (the output limit).
+    with pytest.raises(ConfigError, match=r"server.queue_budget_bytes: must be at least 18874368"):
+        load(write(tmp_path, "[server]\nqueue_budget_bytes = 1000\n"))
+    with pytest.raises(ConfigError, match="server.max_stdin_bytes"):
+        load(write(tmp_path, "[server]\nmax_stdin_bytes = 0\n"))

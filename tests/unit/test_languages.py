@@ -40,6 +40,11 @@ def test_shipped_table_has_the_required_languages():
     assert "Main" in java.run
     assert any("-std=c++17" in a for a in reg["cpp"].compile)
     assert not reg["python3"].compiled and not reg["javascript"].compiled
+    # Interpreted languages still have a compile step: their syntax check.
+    assert reg["python3"].compile_step is reg["python3"].check is not None
+    assert reg["javascript"].check == ("/usr/bin/node", "--check", "main.js")
+    for lang_id in ("cpp", "python3", "java", "javascript"):
+        assert reg[lang_id].out_of_memory is not None, lang_id
     for lang in reg:
         assert lang.self_test, lang.id
         assert dict(lang.env).get("PATH"), lang.id
@@ -57,7 +62,51 @@ def test_rootfs_resolves_symlinks_and_skips_missing(tmp_path):
 
 def test_memory_placeholder_in_run_argv(tmp_path):
     reg = load(tmp_path, GOOD.replace('["./a.out"]', '["java", "-Xmx{memory_limit_mb}m"]'))
-    assert reg["c"].run_argv(128) == ("java", "-Xmx128m")
+    assert reg["c"].run_argv(languages.StepSizes(128)) == ("java", "-Xmx128m")
+
+
+HEAP_AND_STACK = GOOD.replace(
+    'run = ["./a.out"]',
+    'run = ["rt", "--heap={heap_limit_mb}", "--stack={stack_limit_kb}", "${HOME}", "${x:-y}"]\n'
+    "heap = { percent = 85, reserve_mb = 8 }")
+
+
+@pytest.mark.parametrize(("memory_mb", "stack_mb", "heap", "stack_kb"), [
+    (256, 0, 209, 256 * 1024 - 1024),  # no RLIMIT_STACK: the stack may take all memory
+    (1024, 0, 862, 1024 * 1024 - 1024),
+    (4096, 0, 3473, 1024 * 1024 - 1024),  # at most 1 GiB: the JVM refuses a larger -Xss
+    (256, 64, 209, 64 * 1024 - 1024),  # RLIMIT_STACK: below it, with room to spare
+    (256, 512, 209, 256 * 1024 - 1024),  # a stack larger than memory is memory
+    (16, 0, 5, 15 * 1024),
+    (8, 0, 2, 7 * 1024),  # 85 % of 8 less 8 < a quarter of the limit
+])
+def test_heap_and_stack_placeholders(tmp_path, memory_mb, stack_mb, heap, stack_kb):
+    lang = load(tmp_path, HEAP_AND_STACK)["c"]
+    argv = lang.run_argv(languages.StepSizes(memory_mb, stack_mb))
+    # Shell expansions (upper case or with operators) are not placeholders.
+    assert argv == ("rt", f"--heap={heap}", f"--stack={stack_kb}", "${HOME}", "${x:-y}")
+
+
+def test_shipped_java_and_node_commands_for_256_mib():
+    reg = languages.load(CFG.server.languages_file, CFG.sandbox.rootfs_dir)
+    java = reg["java"].run_argv(languages.StepSizes.run(CFG, 256))
+    # Heap: 256 MiB less the JVM's measured 40 MiB outside it; main's thread stack: all.
+    assert {"-XX:MaxRAM=256m", "-Xmx216m", "-Xss261120k", "-XX:+ExitOnOutOfMemoryError",
+            "-XX:+DisplayVMOutputToStderr"} <= set(java)
+    assert not any("{" in a for a in java)
+    node = reg["javascript"].run_argv(languages.StepSizes.run(CFG, 256))
+    assert node == ("/usr/bin/node", "--stack-size=261120", "--max-old-space-size=209",
+                    "main.js")
+
+
+def test_describe_fills_commands_for_the_default_limits():
+    reg = languages.load(CFG.server.languages_file, CFG.sandbox.rootfs_dir)
+    java = next(d for d in reg.describe(CFG) if d["id"] == "java")
+    assert "-Xmx216m" in java["run_command"]  # 256 MiB, the default memory limit
+    assert not any("{memory_limit_mb}" in a or "{heap_limit_mb}" in a
+                   for d in reg.describe() for a in d["run_command"] + (d["compile_command"] or []))
+    python = next(d for d in reg.describe() if d["id"] == "python3")
+    assert python["compiled"] is False and python["compile_command"][0] == "/usr/bin/python3"
 
 
 @pytest.mark.parametrize(("text", "words"), [
@@ -72,6 +121,20 @@ def test_memory_placeholder_in_run_argv(tmp_path):
     (GOOD.replace("[c]", '["C!"]'), ["C!"]),
     ("", ["no language"]),
     ("[c\n", ["not valid TOML"]),
+    (GOOD + 'check = ["python3", "-m", "py_compile"]\n', ["c", "compile and check"]),
+    (GOOD.replace('"./a.out"', '"./a.out", "-m{memory_limt_mb}"'),
+     ["c", "run", "{memory_limt_mb}", "{memory_limit_mb}"]),
+    (GOOD.replace('"./a.out"', '"-Xmx{heap_limit_mb}m"'), ["c", "{heap_limit_mb}", "heap"]),
+    (GOOD + "heap = { percent = 0 }\n", ["c", "heap", "percent"]),
+    (GOOD + "heap = { reserve_mb = -1 }\n", ["c", "heap", "reserve_mb"]),
+    (GOOD + "heap = { reserve = 40 }\n", ["c", "heap"]),
+    (GOOD + "out_of_memory = 3\n", ["c", "out_of_memory"]),
+    (GOOD + 'out_of_memory = { stderr = ["x"] }\n', ["c", "out_of_memory", "exit_codes"]),
+    (GOOD + "out_of_memory = { exit_codes = [3] }\n", ["c", "out_of_memory", "stderr"]),
+    (GOOD + 'out_of_memory = { exit_codes = [0], stderr = ["x"] }\n', ["c", "exit_codes"]),
+    (GOOD + 'out_of_memory = { signals = ["SIGNOPE"], stderr = ["x"] }\n', ["c", "SIGNOPE"]),
+    (GOOD + 'out_of_memory = { exit_codes = [3], stderr = ["(x"] }\n', ["c", "stderr", "(x"]),
+    (GOOD + 'out_of_memory = { exit_codes = [3], stderr = ["x"], code = 1 }\n', ["c", "code"]),
 ])
 def test_broken_tables_name_language_and_field(tmp_path, text, words):
     with pytest.raises(languages.LanguageError) as e:

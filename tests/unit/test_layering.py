@@ -50,7 +50,7 @@ def test_http_side_never_imports_the_kernel_layer(name):
         "sandboxd.runner", "sandboxd.server")}, mods
 
 
-@pytest.mark.parametrize("name", ["model.py", "config.py"])
+@pytest.mark.parametrize("name", ["model.py", "config.py", "outputs.py"])
 def test_pure_data_modules_import_no_other_layer(name):
     assert imported_modules(PACKAGE / name) <= {"sandboxd"}
 
@@ -59,4 +59,5 @@ def test_verdict_is_pure():
     mods = imported_modules(PACKAGE / "verdict.py")
     assert mods <= {"sandboxd.model", "sandboxd.model.Result", "sandboxd.model.Status",
                     "sandboxd.jail.spec", "sandboxd.jail.spec.JailOutcome",
-                    "sandboxd.jail.spec.Termination"}, mods
+                    "sandboxd.jail.spec.Termination", "sandboxd.outputs",
+                    "sandboxd.outputs.outputs_match"}, mods

@@ -232,3 +232,63 @@ async def test_healthy() -> None:
 def test_rejects_nonsense_sizes() -> None:
     with pytest.raises(ValueError):
         Service(FakeRunner(), workers=0, queue_size=1, results_kept=1)
+    with pytest.raises(ValueError):
+        Service(FakeRunner(), workers=1, queue_size=1, results_kept=1, budget_bytes=0)
+
+
+# -- the byte budget and dropped inputs --------------------------------------------------
+
+
+def sized(source: str, stdin: str = "", expected: str | None = None) -> Submission:
+    return Submission(language="python3", source=source, limits=LIMITS, stdin=stdin,
+                      expected_output=expected)
+
+
+async def test_budget_counts_input_bytes_of_unfinished_jobs(gate: asyncio.Event) -> None:
+    svc = Service(FakeRunner(gate), workers=1, queue_size=10, results_kept=10,
+                  budget_bytes=100)
+    await svc.start()
+    # Source, stdin and expected output, counted as UTF-8: "é" is two bytes.
+    running = svc.submit(sized("a" * 10, "é" * 15, "x" * 10))  # 10 + 30 + 10 = 50
+    await until(lambda: svc.running == 1)
+    assert svc.held_bytes == 50  # a running job still holds its input
+    queued = svc.submit(sized("b" * 40))  # 90
+    with pytest.raises(QueueFull, match="budget of 100 bytes"):
+        svc.submit(sized("c" * 11))  # 101: over, although the job count has room
+    assert (svc.queued, svc.held_bytes, len(svc._jobs)) == (1, 90, 2)  # nothing stored
+    svc.submit(sized("d" * 10))  # exactly 100 fits
+    gate.set()
+    await svc.wait(running)
+    await svc.wait(queued)
+    await until(lambda: svc.queued == 0 and svc.running == 0)
+    assert svc.held_bytes == 0
+    svc.submit(sized("e" * 100))  # the whole budget is free again
+    await svc.stop(drain_timeout=1)
+
+
+async def test_a_finished_job_keeps_only_its_result(gate: asyncio.Event) -> None:
+    svc = Service(FakeRunner(gate), workers=1, queue_size=10, results_kept=10,
+                  budget_bytes=10 * 1024 * 1024)
+    await svc.start()
+    job_id = svc.submit(sized("src", "i" * (1024 * 1024), "expected"))
+    assert svc._jobs[job_id].submission is not None
+    gate.set()
+    result = await svc.wait(job_id)
+    assert result.stdout == "src"
+    job = svc._jobs[job_id]
+    assert job.submission is None and job.result == result
+    assert svc.held_bytes == 0
+    await svc.stop(drain_timeout=1)
+
+
+async def test_jobs_ended_by_shutdown_drop_their_input(gate: asyncio.Event) -> None:
+    svc = Service(FakeRunner(gate), workers=1, queue_size=5, results_kept=10,
+                  budget_bytes=1000)
+    await svc.start()
+    running = svc.submit(sized("r", "x" * 100))
+    queued = svc.submit(sized("q", "y" * 100))
+    await until(lambda: svc.running == 1)
+    await svc.stop(drain_timeout=0.05)  # the gate never opens
+    for job_id in (running, queued):
+        assert svc._jobs[job_id].submission is None
+    assert svc.held_bytes == 0

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import re
 import signal
 from typing import Any
 
 import pytest
 
+from sandboxd import languages
+from sandboxd.config import Config
 from sandboxd.jail.spec import JailOutcome, Termination
 from sandboxd.model import Status
-from sandboxd.verdict import PRECEDENCE, decide, outputs_match, to_result
+from sandboxd.verdict import (
+    COMPILE_OUTPUT_TRUNCATED,
+    PRECEDENCE,
+    OutOfMemory,
+    decide,
+    outputs_match,
+    to_result,
+)
 
 SIGKILL = int(signal.SIGKILL)
 SIGSEGV = int(signal.SIGSEGV)
+SIGABRT = int(signal.SIGABRT)
+MIB = 1 << 20
 
 
 def ok(**changes: Any) -> JailOutcome:
@@ -87,11 +99,23 @@ def test_table_order_is_specs_precedence() -> None:
         (None, killed(wall_exceeded=True), None, Status.TIME_LIMIT_EXCEEDED),
         (None, ok(cpu_exceeded=True), None, Status.TIME_LIMIT_EXCEEDED),
         (None, killed(termination=Termination.WALL_LIMIT), None, Status.TIME_LIMIT_EXCEEDED),
-        # Memory Limit Exceeded
+        # Memory Limit Exceeded: the kernel's OOM kill anywhere in the box
         (None, killed(oom_killed=True), None, Status.MEMORY_LIMIT_EXCEEDED),
         (None, ok(exit_code=137, oom_killed=True), None, Status.MEMORY_LIMIT_EXCEEDED),
         (None, ok(oom_killed=True), "hello", Status.MEMORY_LIMIT_EXCEEDED),  # a child was OOM
         (None, killed(termination=Termination.MEMORY_LIMIT), None, Status.MEMORY_LIMIT_EXCEEDED),
+        # ... or an allocation over the limit refused, and the program failed
+        (None, ok(exit_code=None, signal=SIGSEGV, memory_refused=True), None,
+         Status.MEMORY_LIMIT_EXCEEDED),
+        (None, ok(exit_code=1, memory_refused=True), "hello", Status.MEMORY_LIMIT_EXCEEDED),
+        (None, ok(memory_refused=True), "hello", Status.ACCEPTED),  # it coped: no failure
+        (None, ok(memory_refused=True), "bye", Status.WRONG_ANSWER),
+        # Most of the memory used, then a failure of its own: never a guess at MLE
+        (None, ok(exit_code=None, signal=SIGSEGV, memory_bytes=122 * MIB), None,
+         Status.RUNTIME_ERROR),
+        (None, ok(exit_code=None, signal=SIGABRT, memory_bytes=255 * MIB), None,
+         Status.RUNTIME_ERROR),
+        (None, ok(exit_code=1, memory_bytes=256 * MIB), None, Status.RUNTIME_ERROR),
         # Output Limit Exceeded
         (None, killed(output_exceeded=True), None, Status.OUTPUT_LIMIT_EXCEEDED),
         (None, ok(output_exceeded=True), "bye", Status.OUTPUT_LIMIT_EXCEEDED),
@@ -113,6 +137,12 @@ def test_table_order_is_specs_precedence() -> None:
         (ok(oom_killed=True), None, None, Status.COMPILE_ERROR),
         (ok(exit_code=None, signal=SIGSEGV), None, None, Status.COMPILE_ERROR),
         (ok(), killed(cpu_exceeded=True), None, Status.TIME_LIMIT_EXCEEDED),
+        # ... judged by its exit status and time/memory limits: output past the cap is
+        # truncated information, not a failure
+        (ok(output_exceeded=True), ok(), "hello", Status.ACCEPTED),
+        (ok(output_exceeded=True, termination=Termination.OUTPUT_LIMIT), ok(), None,
+         Status.ACCEPTED),
+        (ok(output_exceeded=True, exit_code=1), None, None, Status.COMPILE_ERROR),
         # Internal Error: the sandbox failed, whatever else happened
         (None, setup_failed(), None, Status.INTERNAL_ERROR),
         (None, setup_failed(cpu_exceeded=True, oom_killed=True), None, Status.INTERNAL_ERROR),
@@ -129,6 +159,76 @@ def test_decide(
     compile: JailOutcome | None, run: JailOutcome | None, expected: str | None, status: Status
 ) -> None:
     assert decide(compile, run, expected) is status
+
+
+# -- a runtime's own out-of-memory failure ---------------------------------------------
+
+SHIPPED = languages.load(Config().server.languages_file, Config().sandbox.rootfs_dir)
+
+
+def failed(exit_code: int | None = None, sig: int | None = None, stderr: str = "") -> JailOutcome:
+    return ok(exit_code=exit_code, signal=sig, stderr=stderr.encode(), stdout=b"")
+
+
+# What each runtime printed when it ran out of memory in a box (captured from real runs),
+# and failures that look alike but are not the runtime running out of memory.
+JAVA_OOM = "Terminating due to java.lang.OutOfMemoryError: Java heap space\n"
+NODE_OOM = ("\n<--- Last few GCs --->\n\n[2:0x341cc2d0]  443 ms: Mark-Compact 197.2 (241.8) -> "
+            "197.2 (242.0) MB\n\n<--- JS stacktrace --->\n\nFATAL ERROR: Reached heap limit "
+            "Allocation failed - JavaScript heap out of memory\n 1: 0xb78db3 "
+            "node::OOMErrorHandler(char const*, v8::OOMDetails const&) [/usr/bin/node]\n")
+CPP_OOM = ("terminate called after throwing an instance of 'std::bad_alloc'\n"
+           "  what():  std::bad_alloc\n")
+PY_OOM = ('Traceback (most recent call last):\n  File "/box/main.py", line 1, in <module>\n'
+          "    x = [0] * 10**12\n        ~~~~^~~~~~~\nMemoryError\n")
+
+
+@pytest.mark.parametrize(("language", "run", "status"), [
+    ("java", failed(3, stderr=JAVA_OOM), Status.MEMORY_LIMIT_EXCEEDED),
+    ("java", failed(3, stderr="Terminating due to java.lang.OutOfMemoryError: Metaspace\n"),
+     Status.MEMORY_LIMIT_EXCEEDED),
+    ("java", failed(3), Status.RUNTIME_ERROR),  # System.exit(3)
+    ("java", failed(1, stderr='Exception in thread "main" ' + JAVA_OOM), Status.RUNTIME_ERROR),
+    # A thread the pids cap refused is no memory failure (exit 1, no ExitOnOutOfMemory).
+    ("java", failed(1, stderr='Exception in thread "main" java.lang.OutOfMemoryError: unable '
+                              "to create native thread: possibly out of memory or process/"
+                              "resource limits reached\n"), Status.RUNTIME_ERROR),
+    ("javascript", failed(sig=SIGABRT, stderr=NODE_OOM), Status.MEMORY_LIMIT_EXCEEDED),
+    ("javascript", failed(sig=SIGABRT, stderr="process.abort()\n"), Status.RUNTIME_ERROR),
+    ("javascript", failed(1, stderr=NODE_OOM), Status.RUNTIME_ERROR),
+    ("cpp", failed(sig=SIGABRT, stderr=CPP_OOM), Status.MEMORY_LIMIT_EXCEEDED),
+    ("cpp", failed(sig=SIGABRT, stderr="terminate called after throwing an instance of "
+                                       "'std::length_error'\n"), Status.RUNTIME_ERROR),
+    ("cpp", failed(sig=SIGSEGV, stderr=CPP_OOM), Status.RUNTIME_ERROR),
+    ("python3", failed(1, stderr=PY_OOM), Status.MEMORY_LIMIT_EXCEEDED),
+    ("python3", failed(1, stderr=PY_OOM.replace("MemoryError\n", "MemoryError: oops")),
+     Status.MEMORY_LIMIT_EXCEEDED),
+    # MemoryError handled, then another exception: the last line is what failed.
+    ("python3", failed(1, stderr=PY_OOM + "\nDuring handling of the above exception, another "
+                                          "exception occurred:\n\nKeyError: 'x'\n"),
+     Status.RUNTIME_ERROR),
+    ("python3", failed(1, stderr="KeyError: 'MemoryError'\n"), Status.RUNTIME_ERROR),
+    ("python3", failed(1, stderr="MemoryErrors are rare\n"), Status.RUNTIME_ERROR),
+    ("python3", ok(stderr=PY_OOM.encode()), Status.ACCEPTED),  # printed, did not fail
+    ("c", failed(sig=SIGABRT, stderr=CPP_OOM), Status.RUNTIME_ERROR),  # C declares none
+])
+def test_shipped_out_of_memory_signatures(language: str, run: JailOutcome,
+                                          status: Status) -> None:
+    assert decide(None, run, None, SHIPPED[language].out_of_memory) is status
+
+
+def test_out_of_memory_needs_exit_status_and_message() -> None:
+    rule = OutOfMemory(exit_codes=frozenset({3}), signals=frozenset({SIGABRT}),
+                       stderr=(re.compile("^out of memory$", re.MULTILINE),))
+    assert rule.matches(failed(3, stderr="x\nout of memory\n"))
+    assert rule.matches(failed(sig=SIGABRT, stderr="out of memory"))
+    assert not rule.matches(failed(4, stderr="out of memory"))
+    assert not rule.matches(failed(sig=SIGSEGV, stderr="out of memory"))
+    assert not rule.matches(failed(3, stderr="not out of memory"))
+    assert not rule.matches(failed(3))
+    # A runtime OOM does not outrank a time limit (SPEC precedence).
+    assert decide(None, killed(cpu_exceeded=True, stderr=b"out of memory"), None,
+                  rule) is Status.TIME_LIMIT_EXCEEDED
 
 
 # -- output matching -----------------------------------------------------------------
@@ -152,6 +252,17 @@ def test_decide(
 def test_outputs_match(actual: str, expected: str) -> None:
     assert outputs_match(actual, expected)
     assert outputs_match(expected, actual)
+
+
+def test_bom_at_the_start_of_expected_output_is_ignored() -> None:
+    assert outputs_match("42\n", "\ufeff42\n")
+    assert outputs_match("", "\ufeff")
+    assert outputs_match("\n", "\ufeff\r\n")
+    assert not outputs_match("43\n", "\ufeff42\n")
+    # Only a leading BOM of the expected output is an editor's mark.
+    assert not outputs_match("42\n", "4\ufeff2\n")
+    assert not outputs_match("\ufeff42\n", "42\n")
+    assert decide(None, ok(stdout=b"42\n"), "\ufeff42\r\n") is Status.ACCEPTED
 
 
 @pytest.mark.parametrize(
@@ -222,6 +333,16 @@ def test_compile_error_by_limit_says_which() -> None:
     result = to_result(Status.COMPILE_ERROR, killed(wall_exceeded=True, stdout=b"partial"), None)
     assert result.compile_output.startswith("partial\n")
     assert "time limit" in result.compile_output
+    result = to_result(Status.COMPILE_ERROR, killed(oom_killed=True, stdout=b""), None)
+    assert result.compile_output == "[sandboxd: the compile step exceeded its memory limit]\n"
+
+
+def test_compile_output_past_the_cap_ends_with_a_truncation_marker() -> None:
+    compile = ok(stdout=b"main.c:2: warning: unused\n  int x; /* xxxx", output_exceeded=True)
+    result = to_result(Status.ACCEPTED, compile, ok())
+    assert result.compile_output == (
+        "main.c:2: warning: unused\n  int x; /* xxxx\n" + COMPILE_OUTPUT_TRUNCATED)
+    assert "limit]" not in result.compile_output.replace(COMPILE_OUTPUT_TRUNCATED, "")
 
 
 def test_compile_warnings_kept_on_success() -> None:
