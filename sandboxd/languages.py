@@ -105,6 +105,9 @@ class Language:
     extra_syscalls: tuple[str, ...] = ()
     heap: Heap | None = None
     out_of_memory: OutOfMemory | None = None
+    # The run step gets an RLIMIT_DATA (runtimes that tolerate one: native code, CPython),
+    # so every allocation larger than the memory limit fails alike on every host.
+    data_limit: bool = False
     self_test: str = ""
     version: str | None = field(default=None, compare=False)
 
@@ -182,7 +185,8 @@ class Registry:
 # --------------------------------------------------------------------------- loading
 
 _FIELDS = {"name", "source", "compile", "check", "run", "version", "rootfs", "env",
-           "processes", "extra_syscalls", "heap", "out_of_memory", "self_test"}
+           "processes", "extra_syscalls", "heap", "out_of_memory", "data_limit",
+           "self_test"}
 _OOM_FIELDS = {"exit_codes", "signals", "stderr"}
 
 
@@ -312,6 +316,9 @@ def _language(lang: str, data: Any, rootfs_dir: Path) -> Language:
     syscalls = data.get("extra_syscalls", [])
     if not isinstance(syscalls, list) or not all(isinstance(s, str) for s in syscalls):
         raise LanguageError(f"language {lang}: extra_syscalls must be a list of strings")
+    data_limit = data.get("data_limit", False)
+    if type(data_limit) is not bool:
+        raise LanguageError(f"language {lang}: data_limit must be true or false")
     rootfs_name = _string(lang, "rootfs", data.get("rootfs", "base"))
     try:
         rootfs = resolve_rootfs(load_rootfs(rootfs_dir, rootfs_name))
@@ -340,6 +347,7 @@ def _language(lang: str, data: Any, rootfs_dir: Path) -> Language:
         heap=heap,
         out_of_memory=(_out_of_memory(lang, data["out_of_memory"])
                        if "out_of_memory" in data else None),
+        data_limit=data_limit,
         self_test=data.get("self_test", ""),
     )
 

@@ -25,6 +25,8 @@ from sandboxd.verdict import decide, decided_by_compile, to_result
 
 log = logging.getLogger(__name__)
 
+DATA_LIMIT_MARGIN_BYTES = 256 * MIB  # thread stacks (8 MiB each) count as data too
+
 
 class Runner:
     def __init__(self, sandbox: Sandbox, languages: Registry, config: Config) -> None:
@@ -112,10 +114,17 @@ class Runner:
         return dataclasses.replace(limits, output_overflow_kills=False)
 
     def _run_limits(self, lang: Language, limits: Limits) -> BoxLimits:
-        return self._box_limits(
+        box = self._box_limits(
             cpu_ms=limits.time_limit_ms, wall_ms=limits.wall_time_limit_ms,
             memory_mb=limits.memory_limit_mb,
             processes=lang.processes or self.config.sandbox.processes)
+        if lang.data_limit:
+            # The jail refuses any single writable mapping larger than the memory limit;
+            # glibc then tries brk, which this bounds. Twice the limit plus a margin:
+            # memory touched up to the limit always meets the OOM killer first.
+            data = 2 * box.memory_bytes + DATA_LIMIT_MARGIN_BYTES
+            box = dataclasses.replace(box, data_bytes=data)
+        return box
 
     def _spec(self, lang: Language, argv: tuple[str, ...], limits: BoxLimits, slot: int,
               workspace: Workspace, *, stdin: bytes = b"", merge_stderr: bool = False
