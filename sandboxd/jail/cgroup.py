@@ -113,9 +113,10 @@ class Cgroup(ABC):
         """(CPU usage file, memory usage file): open O_RDONLY, re-read with
         `os.pread(fd, 4096, 0)`; `parse_cpu_usage_ns` reads the first, `int()` the second.
 
-        Checked on Linux 6.18 (v1 cpuacct.usage, memory.usage_in_bytes): cgroup files are
-        seq_files, regenerated on every read at offset 0, so one fd opened before the box
-        starts follows the counter (a plain read() after the first returns EOF)."""
+        Checked on Linux 6.18 v1 (cpuacct.usage, memory.usage_in_bytes) and 6.1 v2 (cpu.stat,
+        memory.current; VM lane): cgroup files are seq_files, regenerated on every read at
+        offset 0, so one fd opened before the box starts follows the counter (a plain
+        read() after the first returns EOF). tests/integration/test_cgroup_usage.py."""
 
     def cpu_ns(self) -> int:
         return parse_cpu_usage_ns(_read(Path(self.usage_files[0])))
@@ -167,9 +168,7 @@ class CgroupBackend(ABC):
         try:
             self._prepare()
             self.sweep_stale()
-        except JailError as e:
-            raise JailError(f"{self._where()}{e}") from None
-        except OSError as e:
+        except (JailError, OSError) as e:
             raise JailError(f"{self._where()}{e}") from None
 
     def _where(self) -> str:
@@ -245,6 +244,17 @@ def _check_root(root: str) -> None:
 
 
 # --------------------------------------------------------------------------- v2
+
+
+def _enable_all(path: Path) -> None:
+    enable = " ".join(f"+{c}" for c in V2_CONTROLLERS)
+    try:
+        _write(path / "cgroup.subtree_control", enable)
+    except OSError as e:
+        raise JailError(
+            f"cannot enable {enable} in {path / 'cgroup.subtree_control'}: {_os_error(e)} "
+            f"(other processes in that cgroup? use systemd Delegate=yes or {ROOT_KEY})"
+        ) from None
 
 
 class V2Cgroup(Cgroup):
@@ -373,18 +383,9 @@ class V2Backend(CgroupBackend):
                     _write(leaf / "cgroup.procs", pid)
                 except ProcessLookupError:
                     pass
-        enable = " ".join(f"+{c}" for c in V2_CONTROLLERS)
-        for path in (self.base, self.root):
-            if path == self.root:
-                _mkdir(path, parents=False)
-            try:
-                _write(path / "cgroup.subtree_control", enable)
-            except OSError as e:
-                raise JailError(
-                    f"cannot enable {enable} in {path / 'cgroup.subtree_control'}: "
-                    f"{_os_error(e)} (other processes in that cgroup? use systemd "
-                    f"Delegate=yes or {ROOT_KEY})"
-                ) from None
+        _enable_all(self.base)
+        _mkdir(self.root, parents=False)
+        _enable_all(self.root)
 
     def _prepare_root(self) -> None:
         # Controllers reach a cgroup only through its parent's subtree_control: walk from
