@@ -22,8 +22,17 @@ by writing to each `cgroup.procs`. Controllers may share a hierarchy (systemd
 co-mounts `cpu,cpuacct`): such controllers map to the same directory, and every
 operation (mkdir, join, kill, rmdir) touches each distinct directory once.
 
+Memory is split one level further, so that the kernel's OOM killer and the memory
+limit only ever see the program:
+
+    box-<pid>-<seq>/            pids and CPU limits, CPU accounting, freezer / kill
+        keeper/                 memory of the box's own processes (D and its init)
+        program/                memory of the program and everything it starts: the limit
+
 The box's first step, before any code of the user runs, is to write "0" into
-every path of `procs_files` (see stage.py), so nothing runs unaccounted.
+every path of `procs_files` (see stage.py), so nothing runs unaccounted; the
+program moves itself into `program/` (through a descriptor the supervisor opened)
+before its execve.
 """
 
 from __future__ import annotations
@@ -44,6 +53,10 @@ from .spec import JailError
 
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer")
 V2_CONTROLLERS = ("cpu", "memory", "pids")
+KEEPER = "keeper"
+PROGRAM = "program"
+# D and the init are forked interpreters of ~30 MiB; a bound, never reached in practice.
+KEEPER_MEMORY_BYTES = 256 << 20
 CPU_PERIOD_US = 100_000
 ROOT_KEY = "sandbox.cgroup_root"  # the config key named in set-up errors
 
@@ -65,7 +78,7 @@ class CgroupStats:
 
 
 def parse_cpu_usage_ns(text: str) -> int:
-    """CPU time in ns from the text of a `usage_files[0]`: v1 cpuacct.usage is a plain
+    """CPU time in ns from the text of `accounting_files[0]`: v1 cpuacct.usage is a plain
     number of ns, v2 cpu.stat has a `usage_usec` line. Pure (runs between fork and exec)."""
     for line in text.splitlines():
         if line.startswith("usage_usec "):
@@ -109,36 +122,31 @@ class Cgroup(ABC):
 
     @property
     @abstractmethod
-    def usage_files(self) -> tuple[str, str]:
-        """(CPU usage file, memory usage file): open O_RDONLY, re-read with
-        `os.pread(fd, 4096, 0)`; `parse_cpu_usage_ns` reads the first, `int()` the second.
+    def program_procs_file(self) -> str:
+        """The program's memory cgroup's cgroup.procs: the program writes "0" into it
+        (through a descriptor opened by the supervisor: Linux 5.16+ checks the opener's
+        credentials) before its execve."""
 
-        Checked on Linux 6.18 v1 (cpuacct.usage, memory.usage_in_bytes) and 6.1 v2 (cpu.stat,
-        memory.current; VM lane): cgroup files are seq_files, regenerated on every read at
-        offset 0, so one fd opened before the box starts follows the counter (a plain
-        read() after the first returns EOF). tests/integration/test_cgroup_usage.py."""
+    @property
+    @abstractmethod
+    def accounting_files(self) -> tuple[str, str, str, str]:
+        """(box CPU counter, program memory peak, program memory limit, second limit
+        file) for the box's init: the counter read-only, re-read with `os.pread(fd,
+        4096, 0)` and `parse_cpu_usage_ns`; the peak read-write (any write restarts a v1
+        peak; "reset" a v2 one, Linux 6.12+, for reads through the same open file); the
+        limit files write-only, written in order when lowering (v1: memory limit, then
+        memsw; v2: memory.max twice).
 
-    def cpu_ns(self) -> int:
-        return parse_cpu_usage_ns(_read(Path(self.usage_files[0])))
-
-    def memory_usage(self) -> int:
-        return int(_read(Path(self.usage_files[1])))
+        Checked on Linux 6.18 v1 and 6.1 v2 (VM lane): cgroup files are seq_files,
+        regenerated on every read at offset 0, so one fd opened before the box starts
+        follows the counter. tests/integration/test_cgroup_usage.py."""
 
     @abstractmethod
-    def stats(self) -> CgroupStats: ...
+    def cpu_ns(self) -> int: ...
 
     @abstractmethod
-    def program_started(self, baseline_bytes: int, memory_limit: int) -> None:
-        """The program has just exec'd, the box holding `baseline_bytes`: limit the box to
-        `baseline_bytes + memory_limit` and restart the peak from now. Raises OSError if
-        the kernel refuses because usage is already above that (v1: EBUSY)."""
-
-    def start_program(self, memory_limit: int) -> int:
-        """Older entry point (supervisor.py until it moves to `program_started`): measure
-        the setup's usage now, then `program_started` with it. Returns that baseline."""
-        baseline = self.memory_usage()
-        self.program_started(baseline, memory_limit)
-        return baseline
+    def stats(self) -> CgroupStats:
+        """CPU of the whole box; memory of the program's cgroup only."""
 
     @abstractmethod
     def pids(self) -> list[int]: ...
@@ -261,64 +269,48 @@ class V2Cgroup(Cgroup):
     def __init__(self, path: Path) -> None:
         self.path = path
         self.name = path.name
-        self._peak_fd: int | None = None
+        self.program = path / PROGRAM
+        self.keeper = path / KEEPER
 
     @property
     def procs_files(self) -> tuple[str, ...]:
-        return (str(self.path / "cgroup.procs"),)
+        # "No internal processes": with memory enabled for its children, the box itself
+        # holds none; D joins the keeper leaf.
+        return (str(self.keeper / "cgroup.procs"),)
 
     @property
-    def usage_files(self) -> tuple[str, str]:
-        return (str(self.path / "cpu.stat"), str(self.path / "memory.current"))
+    def program_procs_file(self) -> str:
+        return str(self.program / "cgroup.procs")
 
-    def program_started(self, baseline_bytes: int, memory_limit: int) -> None:
-        # memory.max never refuses: above the new limit the kernel reclaims, then OOM-kills.
-        _write(self.path / "memory.max", str(baseline_bytes + memory_limit))
-        self._close_peak()
-        # Linux 6.12: writing to memory.peak restarts it for reads through the same fd.
-        try:
-            fd = os.open(self.path / "memory.peak", os.O_RDWR | os.O_CLOEXEC)
-        except OSError:  # before 6.12 memory.peak is read-only (EACCES), before 5.19 absent
-            return
-        try:
-            os.write(fd, b"reset")
-        except OSError:
-            os.close(fd)
-        else:
-            self._peak_fd = fd
+    @property
+    def accounting_files(self) -> tuple[str, str, str, str]:
+        peak = self.program / "memory.peak"  # Linux 5.19
+        return (str(self.path / "cpu.stat"),
+                str(peak if peak.exists() else self.program / "memory.current"),
+                str(self.program / "memory.max"), str(self.program / "memory.max"))
 
-    def _close_peak(self) -> None:
-        if self._peak_fd is not None:
-            os.close(self._peak_fd)
-            self._peak_fd = None
-
-    def _peak(self) -> int:
-        if self._peak_fd is not None:
-            try:
-                return int(os.pread(self._peak_fd, 64, 0))
-            finally:
-                self._close_peak()
-        try:
-            return int(_read(self.path / "memory.peak"))
-        except FileNotFoundError:  # kernels before 5.19 have no memory.peak
-            return int(_read(self.path / "memory.current"))
+    def cpu_ns(self) -> int:
+        return parse_cpu_usage_ns(_read(self.path / "cpu.stat"))
 
     def stats(self) -> CgroupStats:
-        events = _read(self.path / "memory.events")
-        stat = _read(self.path / "memory.stat")
+        events = _read(self.program / "memory.events")
+        stat = _read(self.program / "memory.stat")
         return CgroupStats(
             cpu_ns=self.cpu_ns(),
-            memory_peak_bytes=self._peak(),
+            memory_peak_bytes=int(_read(Path(self.accounting_files[1]))),
             oom_kills=_keyed(events, "oom_kill"),
             oom_events=_keyed(events, "oom"),
             file_cache_bytes=_keyed(stat, "active_file") + _keyed(stat, "inactive_file"),
         )
 
     def pids(self) -> list[int]:
-        try:
-            return [int(p) for p in _read(self.path / "cgroup.procs").split()]
-        except FileNotFoundError:
-            return []
+        found: list[int] = []
+        for leaf in (self.keeper, self.program, self.path):
+            try:
+                found += [int(p) for p in _read(leaf / "cgroup.procs").split()]
+            except FileNotFoundError:
+                pass
+        return found
 
     def kill_all(self) -> None:
         if not self.path.exists():
@@ -330,8 +322,8 @@ class V2Cgroup(Cgroup):
             _freeze_kill_thaw(self.path / "cgroup.freeze", "1", "0", self.pids)
 
     def remove(self) -> None:
-        self._close_peak()
-        _rmdir_retry(self.path)
+        for path in (self.program, self.keeper, self.path):
+            _rmdir_retry(path)
 
 
 class V2Backend(CgroupBackend):
@@ -421,19 +413,27 @@ class V2Backend(CgroupBackend):
         return V2Cgroup(self.root / name)
 
     def create(self, limits: CgroupLimits) -> Cgroup:
-        path = self.root / self.new_name()
-        path.mkdir()
+        cgroup = V2Cgroup(self.root / self.new_name())
+        made: list[Path] = []
         try:
-            _write(path / "memory.max", str(limits.memory_bytes))
-            if (path / "memory.swap.max").exists():
-                _write(path / "memory.swap.max", "0")
-            _write(path / "pids.max", str(limits.processes))
+            cgroup.path.mkdir()
+            made.append(cgroup.path)
+            _write(cgroup.path / "pids.max", str(limits.processes))
             quota = max(1000, int(limits.cpu_share * CPU_PERIOD_US))
-            _write(path / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+            _write(cgroup.path / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+            _write(cgroup.path / "cgroup.subtree_control", "+memory")
+            for leaf, memory in ((cgroup.keeper, KEEPER_MEMORY_BYTES),
+                                 (cgroup.program, limits.memory_bytes)):
+                leaf.mkdir()
+                made.append(leaf)
+                _write(leaf / "memory.max", str(memory))
+                if (leaf / "memory.swap.max").exists():
+                    _write(leaf / "memory.swap.max", "0")
         except OSError:
-            os.rmdir(path)
+            for path in reversed(made):
+                os.rmdir(path)
             raise
-        return V2Cgroup(path)
+        return cgroup
 
 
 # --------------------------------------------------------------------------- v1
@@ -466,39 +466,36 @@ class V1Cgroup(Cgroup):
         self.dirs = dirs
         self.distinct_dirs = _distinct(dirs.values())
         self.name = dirs["memory"].name
+        self.program = dirs["memory"] / PROGRAM
+        self.keeper = dirs["memory"] / KEEPER
 
     @property
     def procs_files(self) -> tuple[str, ...]:
-        return tuple(str(d / "cgroup.procs") for d in self.distinct_dirs)
+        # In the memory hierarchy (whatever is co-mounted with it) D joins the keeper.
+        return tuple(str((self.keeper if d == self.dirs["memory"] else d) / "cgroup.procs")
+                     for d in self.distinct_dirs)
 
     @property
-    def usage_files(self) -> tuple[str, str]:
-        return (str(self.dirs["cpuacct"] / "cpuacct.usage"),
-                str(self.dirs["memory"] / "memory.usage_in_bytes"))
+    def program_procs_file(self) -> str:
+        return str(self.program / "cgroup.procs")
 
-    def program_started(self, baseline_bytes: int, memory_limit: int) -> None:
-        memory = self.dirs["memory"]
-        limit = str(baseline_bytes + memory_limit)
-        memsw = memory / "memory.memsw.limit_in_bytes"
-        # The kernel keeps memory limit <= memsw limit (memory + swap), else EINVAL: memsw
-        # goes first when raising, last when lowering. Lowering below the usage the kernel
-        # cannot reclaim is EBUSY: raised to the caller.
-        if memsw.exists() and int(limit) >= int(_read(memory / "memory.limit_in_bytes")):
-            _write(memsw, limit)
-            _write(memory / "memory.limit_in_bytes", limit)
-        else:
-            _write(memory / "memory.limit_in_bytes", limit)
-            if memsw.exists():
-                _write(memsw, limit)
-        _write(memory / "memory.max_usage_in_bytes", "0")  # the peak restarts from usage now
+    @property
+    def accounting_files(self) -> tuple[str, str, str, str]:
+        memsw = self.program / "memory.memsw.limit_in_bytes"
+        limit = self.program / "memory.limit_in_bytes"
+        return (str(self.dirs["cpuacct"] / "cpuacct.usage"),
+                str(self.program / "memory.max_usage_in_bytes"),
+                str(limit), str(memsw if memsw.exists() else limit))
+
+    def cpu_ns(self) -> int:
+        return parse_cpu_usage_ns(_read(self.dirs["cpuacct"] / "cpuacct.usage"))
 
     def stats(self) -> CgroupStats:
-        memory = self.dirs["memory"]
-        oom_kills = _keyed(_read(memory / "memory.oom_control"), "oom_kill")
-        stat = _read(memory / "memory.stat")
+        oom_kills = _keyed(_read(self.program / "memory.oom_control"), "oom_kill")
+        stat = _read(self.program / "memory.stat")
         return CgroupStats(
             cpu_ns=self.cpu_ns(),
-            memory_peak_bytes=int(_read(memory / "memory.max_usage_in_bytes")),
+            memory_peak_bytes=int(_read(self.program / "memory.max_usage_in_bytes")),
             oom_kills=oom_kills,
             oom_events=oom_kills,  # v1 counts no separate "limit hit" event
             file_cache_bytes=(_keyed(stat, "total_active_file")
@@ -517,7 +514,7 @@ class V1Cgroup(Cgroup):
                               self.pids)
 
     def remove(self) -> None:
-        for path in self.distinct_dirs:
+        for path in (self.program, self.keeper, *self.distinct_dirs):
             _rmdir_retry(path)
 
 
@@ -566,11 +563,14 @@ class V1Backend(CgroupBackend):
             for path in cgroup.distinct_dirs:
                 path.mkdir()
                 made.append(path)
-            memory = cgroup.dirs["memory"]
-            _write(memory / "memory.limit_in_bytes", str(limits.memory_bytes))
-            if (memory / "memory.memsw.limit_in_bytes").exists():
-                # memsw = memory + swap; equal to the memory limit means no swap at all.
-                _write(memory / "memory.memsw.limit_in_bytes", str(limits.memory_bytes))
+            for leaf, memory in ((cgroup.keeper, KEEPER_MEMORY_BYTES),
+                                 (cgroup.program, limits.memory_bytes)):
+                leaf.mkdir()
+                made.append(leaf)
+                _write(leaf / "memory.limit_in_bytes", str(memory))
+                if (leaf / "memory.memsw.limit_in_bytes").exists():
+                    # memsw = memory + swap; equal to the memory limit: no swap at all.
+                    _write(leaf / "memory.memsw.limit_in_bytes", str(memory))
             _write(cgroup.dirs["pids"] / "pids.max", str(limits.processes))
             cpu = cgroup.dirs["cpu"]
             _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
