@@ -9,7 +9,8 @@ Each test is one promise, proven with a real hostile program in a real box:
 5. stdin is a sealed, read-only memfd: a writable shared mapping of it is refused, so
    dirtying it cannot borrow memory outside the box's limit;
 6. page cache of a file the box merely read is not reported as the box's memory;
-7. the smallest accepted memory limit (4 MiB) runs a C hello world;
+7. the smallest accepted memory limit (4 MiB) runs a C hello world, and an OOM kill in
+   the box always hits the program, never its init or helpers;
 10. a failing descriptor allocation while a box is being set up leaks no descriptor.
 
 Boxes are synchronised with the test by signals and marker files, never by sleeping.
@@ -479,6 +480,38 @@ async def test_c_hello_world_under_the_smallest_memory_limit_is_accepted(execute
     result = await execute("c", C_HELLO, memory_limit_mb=smallest)
     assert result.status is Status.ACCEPTED, describe(result)
     assert result.stdout == "hello\n"
+
+
+# ------------------------------------------------ the OOM killer only ever hits the program
+
+# Pages written to /dev/shm (the workspace tmpfs) are charged to the box's memory cgroup
+# but belong to no process: when the cgroup runs out, the task with the largest resident
+# set is the OOM killer's candidate, and that is the box's (Python) init, not this small
+# program. The init and helpers are exempt (oom_score_adj), so the kill hits the program.
+FILL_SHM = c_program(r"""
+int main(void) {
+    static char chunk[1 << 20];
+    memset(chunk, 'm', sizeof chunk);
+    int fd = open("/dev/shm/fill", O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0) { printf("open %s\n", errname(errno)); return 2; }
+    for (int i = 0; i < 48; i++) {
+        if (write(fd, chunk, sizeof chunk) != (ssize_t)sizeof chunk) {
+            printf("write %d %s\n", i, errname(errno));
+            return 3;
+        }
+        printf("%d\n", i);
+        fflush(stdout);
+    }
+    return 0;
+}
+""")
+
+
+async def test_oom_kill_always_hits_the_program_never_the_box_init(execute):
+    result = await execute("c", FILL_SHM, memory_limit_mb=16)
+    assert result.status is Status.MEMORY_LIMIT_EXCEEDED, describe(result)
+    assert result.signal == 9 and result.exit_code is None, describe(result)
+    assert result.message is None
 
 
 # --------------------------------------------- 10: no descriptor leak on a setup failure
