@@ -31,6 +31,10 @@ WORKERS = 3
 UID_BASE = 61_000 + 8 * (os.getpid() % 100)
 UID_RANGE = range(UID_BASE, UID_BASE + 2 * WORKERS)
 STATE_DIR = "/run/sandboxd-test-crash"
+# Boxes of every sandboxd on this host share `<base>/sandboxd`, and every starting
+# instance sweeps the boxes of dead ones there: another test session would kill our
+# survivors and hide a failure. These daemons keep their boxes below a root of their own.
+CGROUP_ROOT = f"/sandboxd-test-crash-{os.getpid()}"
 DEATH_GRACE_S = 2.0
 
 PY_SLEEPER = "import time\nwhile True:\n    time.sleep(1)\n"
@@ -209,7 +213,36 @@ class KilledDaemon:
 
 
 def _config(uid_base: int) -> str:
-    return f"uid_base = {uid_base}\n[server]\nworkers = {WORKERS}\n"
+    return (f'uid_base = {uid_base}\ncgroup_root = "{CGROUP_ROOT}"\n'
+            f"[server]\nworkers = {WORKERS}\n")
+
+
+def _cgroup_root_dirs() -> list[Path]:
+    """CGROUP_ROOT in every hierarchy the daemons use (parents of their `sandboxd`)."""
+    from sandboxd.jail import cgroup as cg
+
+    backend = cg.detect(os.environ.get("SANDBOXD_TEST_CGROUP", "auto"), CGROUP_ROOT)
+    if isinstance(backend, cg.V1Backend):
+        return sorted({root.parent for root in backend.roots.values()})
+    assert isinstance(backend, cg.V2Backend)
+    return [backend.base]
+
+
+@contextlib.contextmanager
+def _own_cgroup_root() -> Iterator[None]:
+    made = []
+    for path in _cgroup_root_dirs():
+        if not path.exists():
+            path.mkdir()
+            made.append(path)
+    try:
+        yield
+    finally:
+        for path in reversed(made):
+            with contextlib.suppress(OSError):
+                (path / "sandboxd").rmdir()
+            with contextlib.suppress(OSError):
+                path.rmdir()
 
 
 def _all_running(daemon: Daemon, jobs: list[str]) -> bool:
@@ -231,7 +264,7 @@ def killed(tmp_path_factory) -> Iterator[KilledDaemon]:
     require_kernel()
     tmp = tmp_path_factory.mktemp("crash")
     assert not _processes_with_uid_in(UID_RANGE), "uid range already in use on this host"
-    with _subreaper():
+    with _subreaper(), _own_cgroup_root():
         daemon = start_daemon(tmp, _config(UID_BASE), state_dir=STATE_DIR, log_name="first.log")
         try:
             jobs = [_submit(daemon, lang, src, time_limit_ms=2000, wall_time_limit_ms=30_000)
