@@ -259,45 +259,54 @@ def _programs_started() -> bool:
             and sum(c == "./main" for c in cmdlines) >= 3)
 
 
+def _remove_state_dir() -> None:
+    """The (empty) state directory, once no daemon uses it; mounts are never walked."""
+    for sub in ("root", "ws", ""):
+        with contextlib.suppress(OSError):
+            os.rmdir(Path(STATE_DIR) / sub)
+
+
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory) -> Iterator[KilledDaemon]:
     require_kernel()
     tmp = tmp_path_factory.mktemp("crash")
     assert not _processes_with_uid_in(UID_RANGE), "uid range already in use on this host"
     with _subreaper(), _own_cgroup_root():
-        daemon = start_daemon(tmp, _config(UID_BASE), state_dir=STATE_DIR, log_name="first.log")
         try:
-            jobs = [_submit(daemon, lang, src, time_limit_ms=2000, wall_time_limit_ms=30_000)
-                    for lang, src in JOBS]
-            deadline = time.monotonic() + 120
-            while not (_all_running(daemon, jobs) and _programs_started()):
-                assert time.monotonic() < deadline, (
-                    f"boxes not all running within 120 s: {_processes_with_uid_in(UID_RANGE)}")
-                time.sleep(0.05)
-            fork_server = _fork_server_of(daemon)
-            daemon.process.kill()
-            killed_at = time.monotonic()
-            daemon.process.wait()
-        except BaseException:
-            if daemon.process.poll() is None:
+            daemon = start_daemon(tmp, _config(UID_BASE), state_dir=STATE_DIR,
+                                  log_name="first.log")
+            try:
+                jobs = [_submit(daemon, lang, src, time_limit_ms=2000,
+                                wall_time_limit_ms=30_000) for lang, src in JOBS]
+                deadline = time.monotonic() + 120
+                while not (_all_running(daemon, jobs) and _programs_started()):
+                    assert time.monotonic() < deadline, (
+                        f"boxes not all running within 120 s: "
+                        f"{_processes_with_uid_in(UID_RANGE)}")
+                    time.sleep(0.05)
+                fork_server = _fork_server_of(daemon)
                 daemon.process.kill()
+                killed_at = time.monotonic()
                 daemon.process.wait()
-            raise
-        try:
+            except BaseException:
+                if daemon.process.poll() is None:
+                    daemon.process.kill()
+                    daemon.process.wait()
+                raise
             yield KilledDaemon(daemon.process.pid, fork_server, STATE_DIR, killed_at, jobs)
         finally:
             # Whatever the tests found: a new daemon on the same state sweeps the dead
             # one's boxes (kills what survived, removes cgroups and workspaces).
-            sweeper = start_daemon(tmp, _config(UID_BASE), state_dir=STATE_DIR,
-                                   log_name="sweeper.log")
-            stop_daemon(sweeper, signal.SIGINT)
-            deadline = time.monotonic() + 10
-            while _processes_with_uid_in(UID_RANGE) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            _reap_adopted_zombies(keep=set())
-            with contextlib.suppress(OSError):
-                for sub in ("root", "ws", ""):
-                    os.rmdir(Path(STATE_DIR) / sub)
+            try:
+                sweeper = start_daemon(tmp, _config(UID_BASE), state_dir=STATE_DIR,
+                                       log_name="sweeper.log")
+                stop_daemon(sweeper, signal.SIGINT)
+            finally:
+                deadline = time.monotonic() + 10
+                while _processes_with_uid_in(UID_RANGE) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                _reap_adopted_zombies(keep=set())
+                _remove_state_dir()
 
 
 def test_sigkilled_daemon_leaves_no_box_process_within_2_s(killed):

@@ -69,14 +69,16 @@ def test_readme_configuration_example_starts_a_daemon_that_accepts_a_submission(
         assert ours in config
         state_dir = ours
     created = not Path(state_dir).exists()
-    daemon = start_daemon(tmp_path, config_text=config, state_dir=state_dir,
-                          log_name="daemon.log")
     try:
-        body = daemon.execute(language="python3", source="print(input())", stdin="hello")
-        assert body["status"] == "Accepted", body
-        assert body["stdout"] == "hello\n"
+        daemon = start_daemon(tmp_path, config_text=config, state_dir=state_dir,
+                              log_name="daemon.log")
+        try:
+            body = daemon.execute(language="python3", source="print(input())", stdin="hello")
+            assert body["status"] == "Accepted", body
+            assert body["stdout"] == "hello\n"
+        finally:
+            stop_daemon(daemon, signal.SIGINT)
     finally:
-        stop_daemon(daemon, signal.SIGINT)
         if created:
             for sub in ("root", "ws", ""):
                 try:
