@@ -52,6 +52,8 @@ class CgroupStats:
     cpu_ns: int
     memory_peak_bytes: int
     oom_kills: int
+    file_cache_bytes: int = 0
+    oom_events: int = 0
 
 
 def _write(path: Path, value: str) -> None:
@@ -62,6 +64,14 @@ def _write(path: Path, value: str) -> None:
 def _read(path: Path) -> str:
     with open(path) as f:
         return f.read()
+
+
+def _file_cache(stat: Path, keys: tuple[str, ...]) -> int:
+    try:
+        text = _read(stat)
+    except FileNotFoundError:
+        return 0
+    return sum(_keyed(text, k) for k in keys)
 
 
 def _keyed(text: str, key: str) -> int:
@@ -85,6 +95,14 @@ class Cgroup(ABC):
 
     @abstractmethod
     def cpu_ns(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def accounting_files(self) -> tuple[str, str, str, str, str]:
+        """Paths the supervisor opens for the box's init: the CPU counter and memory
+        counter (read-only), the memory peak (read-write, restarted at the program's
+        execve), and two memory limit files (v1 memory + memsw; v2 memory.max twice),
+        written in that order when the limit is lowered."""
 
     @abstractmethod
     def stats(self) -> CgroupStats: ...
@@ -179,8 +197,16 @@ class V2Cgroup(Cgroup):
         self.name = path.name
         self._peak_fd: int | None = None
 
-    def start_program(self, memory_limit: int) -> int:
-        baseline = int(_read(self.path / "memory.current"))
+    @property
+    def accounting_files(self) -> tuple[str, str, str, str, str]:
+        peak = self.path / "memory.peak"
+        return (str(self.path / "cpu.stat"), str(self.path / "memory.current"),
+                str(peak if peak.exists() else self.path / "memory.current"),
+                str(self.path / "memory.max"), str(self.path / "memory.max"))
+
+    def start_program(self, memory_limit: int, baseline: int | None = None) -> int:
+        if baseline is None:
+            baseline = int(_read(self.path / "memory.current"))
         _write(self.path / "memory.max", str(memory_limit + baseline))
         # Linux 6.12: writing to memory.peak restarts it for reads through the same fd.
         try:
@@ -219,6 +245,8 @@ class V2Cgroup(Cgroup):
             cpu_ns=self.cpu_ns(),
             memory_peak_bytes=self._peak(),
             oom_kills=_keyed(_read(self.path / "memory.events"), "oom_kill"),
+            file_cache_bytes=_file_cache(self.path / "memory.stat",
+                                         ("active_file", "inactive_file")),
         )
 
     def pids(self) -> list[int]:
@@ -338,14 +366,30 @@ class V1Cgroup(Cgroup):
     def cpu_ns(self) -> int:
         return int(_read(self.dirs["cpuacct"] / "cpuacct.usage"))
 
-    def start_program(self, memory_limit: int) -> int:
+    @property
+    def accounting_files(self) -> tuple[str, str, str, str, str]:
         memory = self.dirs["memory"]
-        baseline = int(_read(memory / "memory.usage_in_bytes"))
+        memsw = memory / "memory.memsw.limit_in_bytes"
+        limit = memory / "memory.limit_in_bytes"
+        return (str(self.dirs["cpuacct"] / "cpuacct.usage"),
+                str(memory / "memory.usage_in_bytes"),
+                str(memory / "memory.max_usage_in_bytes"),
+                str(limit), str(memsw if memsw.exists() else limit))
+
+    def start_program(self, memory_limit: int, baseline: int | None = None) -> int:
+        memory = self.dirs["memory"]
+        if baseline is None:
+            baseline = int(_read(memory / "memory.usage_in_bytes"))
         limit = str(memory_limit + baseline)
         # Raising: memsw (memory + swap) first, as it may never be below the memory limit.
-        if (memory / "memory.memsw.limit_in_bytes").exists():
-            _write(memory / "memory.memsw.limit_in_bytes", limit)
+        memsw = memory / "memory.memsw.limit_in_bytes"
+        lowering = int(limit) < int(_read(memory / "memory.limit_in_bytes"))
+        # memsw (memory + swap) may never be below the memory limit: order the writes.
+        if memsw.exists() and not lowering:
+            _write(memsw, limit)
         _write(memory / "memory.limit_in_bytes", limit)
+        if memsw.exists() and lowering:
+            _write(memsw, limit)
         _write(memory / "memory.max_usage_in_bytes", "0")  # restart the peak from now
         return baseline
 
@@ -355,6 +399,8 @@ class V1Cgroup(Cgroup):
             cpu_ns=self.cpu_ns(),
             memory_peak_bytes=int(_read(memory / "memory.max_usage_in_bytes")),
             oom_kills=_keyed(_read(memory / "memory.oom_control"), "oom_kill"),
+            file_cache_bytes=_file_cache(memory / "memory.stat",
+                                         ("total_active_file", "total_inactive_file")),
         )
 
     def pids(self) -> list[int]:

@@ -58,7 +58,8 @@ class ForkServer:
                         break
                 self.reap()
             if self.sock.fileno() in ready:
-                msg, fds, _flags, _addr = socket.recv_fds(self.sock, protocol.MAX_MESSAGE, 8)
+                msg, fds, _flags, _addr = socket.recv_fds(self.sock, protocol.MAX_MESSAGE,
+                                                             protocol.SPAWN_FDS)
                 if not msg:
                     return  # the daemon is gone
                 try:
@@ -85,12 +86,14 @@ class ForkServer:
         spec = JailSpec.from_wire(request["spec"])
         plan = mounts.plan(spec, self.root_dir)
         bpf = self.bpf_for(spec.seccomp)
+        ids = userns.SlotIds(**request["ids"])
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         me = os.getpid()
         pid = os.fork()
         if pid == 0:
             parent_end.close()
-            stage.run_box(spec, plan, bpf, request["procs_files"], fds, child_end.fileno(), me)
+            stage.run_box(spec, plan, bpf, request["procs_files"], fds, child_end.fileno(), me,
+                          ids.keeper)
         child_end.close()
         with parent_end:
             parent_end.settimeout(USERMAP_TIMEOUT_S)
@@ -100,7 +103,7 @@ class ForkServer:
                 asked = b""
             if asked == protocol.USERMAP_PLS:
                 try:
-                    userns.write_id_maps(pid, request["host_id"])
+                    userns.write_id_maps(pid, ids)
                 except OSError:
                     pass  # the box sees EOF instead of the ACK and reports its usermap step
                 else:
@@ -117,7 +120,8 @@ class ForkServerProcess:
         package_parent = str(Path(__file__).resolve().parents[2])
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": package_parent}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sandboxd.jail.forkserver", str(theirs.fileno()), root_dir],
+            [sys.executable, "-m", "sandboxd.jail.forkserver", str(theirs.fileno()), root_dir,
+             str(os.getpid())],
             pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
         )
         theirs.close()
@@ -137,9 +141,12 @@ class ForkServerProcess:
 
 
 def main() -> None:
-    sock_fd, root_dir = int(sys.argv[1]), sys.argv[2]
+    sock_fd, root_dir, daemon_pid = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     # Die with the daemon: a box must never outlive the service that accounts for it.
+    # (This process never changes credentials, so the kernel never clears it.)
     prctl.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != daemon_pid:
+        sys.exit("sandboxd-fork: the daemon exited before the fork server started")
     prctl.set_name("sandboxd-fork")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C goes to the daemon, which stops us
     sock = socket.socket(fileno=sock_fd)

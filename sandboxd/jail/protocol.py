@@ -4,17 +4,23 @@
     -----------------------------------------------------------------------------------
     SPAWN {spec,...} + fds  -->
                                 fork D ------------------------> join cgroup, setsid,
-                                                                 stdio, rlimits, unshare
+                                                                 stdio, rlimits, keeper
+                                                                 id, unshare
                                                    <- USERMAP_PLS (sync socket)
                                 write uid/gid maps
-                                USERMAP_ACK ------------------->  become box uid; fork I
-                            <-- SPAWNED {pid of D}               I: mounts, pivot_root,
-                                                                    lo up, hostname
+                                USERMAP_ACK ------------------->  fork I
+                            <-- SPAWNED {pid of D}               I: setsid, mounts,
+                                                                    pivot_root, lo up
                         <------------------------------------- STARTED   (report pipe)
-    baselines, memory limit
-    GO (go pipe) ----------------------------------------------> I forks P: caps, nnp,
-                                                                 seccomp, execve
-                        <------------------------------------- EXITED {wait status}
+    CPU counter (all asleep)
+    GO (go pipe) ----------------------------------------------> I forks P: identity,
+                                                                 caps, nnp, seccomp,
+                                                                 execve
+                        <------------------------------------- EXECED {P's pre-exec CPU,
+                                                                 memory counter at exec}
+    memory limit, peak reset
+                        <------------------------------------- EXITED {wait status, CPU
+                                                                 counter, I's own CPU}
                         <------------------------------------- EOF: D, I, P all gone
 
 Any step that fails sends FAILED {step, errno, message} on the report pipe and
@@ -35,8 +41,9 @@ USERMAP_PLS = b"U"
 USERMAP_ACK = b"A"
 GO = b"G"
 # Descriptor order of a SPAWN request (SCM_RIGHTS).
-FD_STDIN, FD_STDOUT, FD_STDERR, FD_REPORT, FD_GO = range(5)
-SPAWN_FDS = 5
+# stdin, stdout, stderr, report, go; the cgroup's CPU counter, memory counter, memory
+# peak, and two memory limit files (v1 memory + memsw, or v2 memory.max twice).
+SPAWN_FDS = 10
 
 
 def encode(message: dict) -> bytes:
@@ -57,19 +64,21 @@ class Report:
     """What the box said on its report pipe, parsed."""
 
     started: bool = False
+    execed: bool = False
+    pre_exec_cpu_ns: int = 0
+    exec_memory_bytes: int = 0
+    limit_errno: int = 0  # setting the program's memory limit failed (EBUSY: over it)
     wait_status: int | None = None
     wall_ns: int | None = None
+    exit_cpu_ns: int | None = None  # the cgroup's CPU counter when the program ended
+    init_cpu_ns: int = 0  # the init's own CPU time from GO to the program's end
     failed_step: str | None = None
     failed_errno: int = 0
     failed_message: str = ""
 
 
 def parse_report(raw: bytes) -> Report:
-    started = False
-    status = wall = None
-    step = None
-    err = 0
-    message = ""
+    fields: dict = {}
     for line in raw.splitlines():
         try:
             msg = decode(line)
@@ -77,9 +86,15 @@ def parse_report(raw: bytes) -> Report:
             continue  # only our own code writes here; a torn line is ignored
         kind = msg.get("kind")
         if kind == "STARTED":
-            started = True
+            fields["started"] = True
+        elif kind == "EXECED":
+            fields.update(execed=True, pre_exec_cpu_ns=msg["pre_exec_cpu_ns"],
+                          exec_memory_bytes=msg["memory_bytes"],
+                          limit_errno=msg["limit_errno"])
         elif kind == "EXITED":
-            status, wall = msg["status"], msg["wall_ns"]
-        elif kind == "FAILED" and step is None:
-            step, err, message = msg["step"], msg["errno"], msg["message"]
-    return Report(started, status, wall, step, err, message)
+            fields.update(wait_status=msg["status"], wall_ns=msg["wall_ns"],
+                          exit_cpu_ns=msg["cpu_ns"], init_cpu_ns=msg["init_cpu_ns"])
+        elif kind == "FAILED" and "failed_step" not in fields:
+            fields.update(failed_step=msg["step"], failed_errno=msg["errno"],
+                          failed_message=msg["message"])
+    return Report(**fields)

@@ -10,6 +10,14 @@ no deadlock), reads stdout/stderr concurrently up to their caps, and watches:
   from now, so that is exactly when the next look is due: no busy polling;
 - output: a stream passing its cap kills the box at once.
 
+What the program is charged, exactly: the supervisor notes the cgroup's CPU counter
+at STARTED, while every box process sleeps (so the counter is up to date); the init
+reports the program's own CPU time before execve (EXECED) and its own CPU time
+after GO (EXITED), and reads the counter again when the program ends. The program's
+CPU time is the counter's difference less those two: only what ran from the
+program's execve on. Memory: the limit becomes "usage at execve + memory limit" and
+the init restarts the peak at the execve; setup runs under the limit plus `SETUP_HEADROOM_BYTES`.
+
 Whatever ends the run, every process of the box is killed through the cgroup
 (v2 cgroup.kill, v1 freeze + SIGKILL + thaw), the cgroup is removed, and only
 then is the outcome returned. The daemon never forks: see forkserver.py.
@@ -25,13 +33,15 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from . import cgroup as cg
 from . import protocol
 from .forkserver import ForkServerProcess
+from .pipes import BoxFds, OutputReader, ReportReader
 from .spec import BoxLimits, JailError, JailOutcome, JailSpec, Termination
+from .userns import SlotIds
 from .workspace import Workspace, prepare_instance_dir, release_instance_dir
 
 log = logging.getLogger(__name__)
@@ -41,51 +51,9 @@ SETUP_TIMEOUT_S = 30.0  # from spawn to STARTED: mounts and namespaces, not the 
 DRAIN_TIMEOUT_S = 5.0  # after the kill, for the pipes' writers to be gone
 MIN_POLL_S = 0.002
 MAX_POLL_S = 0.25
-
-
-class _PipeReader:
-    """Reads one pipe into memory up to `cap` bytes, without blocking the loop."""
-
-    def __init__(self, fd: int, cap: int, on_data: Callable[[], None] | None = None,
-                 on_overflow: Callable[[], None] | None = None) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.fd = fd
-        self.cap = cap
-        self.buf = bytearray()
-        self.overflow = False
-        self.on_data = on_data
-        self.on_overflow = on_overflow
-        self.done: asyncio.Future[None] = self.loop.create_future()
-        os.set_blocking(fd, False)
-        self.loop.add_reader(fd, self._readable)
-
-    def _readable(self) -> None:
-        try:
-            data = os.read(self.fd, 1 << 16)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.close()
-            return
-        room = self.cap - len(self.buf)
-        if len(data) > room:
-            self.buf += data[:room]
-            self.overflow = True
-            self.close()  # the writer now gets EPIPE; the box is being killed anyway
-            if self.on_overflow:
-                self.on_overflow()
-            return
-        self.buf += data
-        if self.on_data:
-            self.on_data()
-
-    def close(self) -> None:
-        if not self.done.done():
-            self.loop.remove_reader(self.fd)
-            os.close(self.fd)
-            self.done.set_result(None)
+# Memory the box's own setup (D, I, and P before execve: forked Python processes) may
+# use on top of the program's limit; from the program's execve on, the limit is exact.
+SETUP_HEADROOM_BYTES = 64 << 20
 
 
 class _ForkServerClient:
@@ -163,8 +131,12 @@ class Sandbox:
 
     # -- slots and workspaces ---------------------------------------------------------
 
+    def slot_ids(self, slot: int) -> SlotIds:
+        return SlotIds.for_slot(self.uid_base, slot)
+
     def host_id(self, slot: int) -> int:
-        return self.uid_base + slot
+        """The host uid/gid the program of `slot` runs as (and owns its files)."""
+        return self.slot_ids(slot).program
 
     def _bind_loop(self) -> None:
         # The slot queue and the fork server client belong to one event loop; a new loop
@@ -214,12 +186,12 @@ class Sandbox:
         assert self._client is not None
         lim = spec.limits
         try:
-            box = self.cgroups.create(cg.CgroupLimits(lim.memory_bytes, lim.processes,
-                                                      lim.cpu_share))
+            box = self.cgroups.create(cg.CgroupLimits(lim.memory_bytes + SETUP_HEADROOM_BYTES,
+                                                      lim.processes, lim.cpu_share))
         except OSError as e:
             raise JailError(f"cannot create the box cgroup: {e}") from None
         try:
-            return await _BoxRun(self._client, box, spec, self.host_id(spec.slot)).run()
+            return await _BoxRun(self._client, box, spec, self.slot_ids(spec.slot)).run()
         finally:
             await _destroy(box)
 
@@ -236,99 +208,103 @@ async def _destroy(box: cg.Cgroup) -> None:
     box.remove()
 
 
+
 class _BoxRun:
-    """One box from spawn to outcome."""
+    """One box from spawn to outcome: the protocol and the watchdog (pipes.py reads)."""
 
     def __init__(self, client: _ForkServerClient, box: cg.Cgroup, spec: JailSpec,
-                 host_id: int) -> None:
+                 ids: SlotIds) -> None:
         self.client = client
         self.box = box
         self.spec = spec
         self.limits: BoxLimits = spec.limits
-        self.host_id = host_id
-        self.started_at: float | None = None
-        self.cpu_baseline_ns = 0
+        self.ids = ids
+        self.go_sent = False
+        self.cpu_at_go = 0  # the cgroup's CPU counter at STARTED, every box process asleep
+        self.cpu_baseline_ns = 0  # ... plus P's own CPU before execve (EXECED)
         self.memory_baseline = 0
-        self.go_fd = -1
+        self.started_at: float | None = None  # monotonic time of EXECED
         self.killed = False
+        # Why we ended the box before its program did (a limit, the setup timeout), if so.
+        self.ended_by: str | None = None
         self.cpu_exceeded = False
         self.wall_exceeded = False
         self.output_exceeded = False
+        self.memory_exceeded = False  # the limit was already passed when it was set
 
-    def kill(self) -> None:
+    def kill(self, reason: str | None = None) -> None:
+        if reason is not None and self.ended_by is None:
+            self.ended_by = reason
         if not self.killed:
             self.killed = True
             self.box.kill_all()
 
-    def _on_report(self) -> None:
-        if self.started_at is None and b'"STARTED"' in self.report.buf:
-            # The box's setup is done and waits for GO: take the baselines now, so the
-            # program's CPU time and memory exclude the milliseconds the setup took.
+    def _on_message(self, message: dict) -> None:
+        kind = message.get("kind")
+        if kind == "STARTED" and not self.go_sent:
+            self.go_sent = True
             try:
-                self.cpu_baseline_ns = self.box.cpu_ns()
-                self.memory_baseline = self.box.start_program(self.limits.memory_bytes)
-                os.write(self.go_fd, protocol.GO)
+                self.cpu_at_go = self.box.cpu_ns()
+                os.write(self.fds.go_w, protocol.GO)
             except OSError:
                 self.kill()  # the box died meanwhile; its report says why
+            self.fds.close(self.fds.go_w)
+        elif kind == "EXECED" and self.started_at is None:
             self.started_at = time.monotonic()
-            os.close(self.go_fd)
-            self.go_fd = -1
+            self.cpu_baseline_ns = self.cpu_at_go + message["pre_exec_cpu_ns"]
+            self.memory_baseline = message["memory_bytes"]
+            if message["limit_errno"]:
+                # v1 refuses a limit below the usage (EBUSY): the program is over it
+                # already. Any other errno is the sandbox's failure: ended either way.
+                self.memory_exceeded = message["limit_errno"] == errno.EBUSY
+                self.kill("memory limit")
 
     def _on_overflow(self) -> None:
         self.output_exceeded = True
-        self.kill()
+        if self.limits.output_overflow_kills:
+            self.kill("output limit")
 
     async def run(self) -> JailOutcome:
-        fds = self._open_fds()
-        child_ends = fds["child"]
+        self.fds = fds = BoxFds(self.spec.stdin, self.limits.output_bytes, self.spec.merge_stderr,
+                     self.box.accounting_files)
+        kills = self.limits.output_overflow_kills
         try:
-            out_r, err_r, rep_r, self.go_fd = fds["parent"]
-            self.stdout = _PipeReader(out_r, self.limits.output_bytes,
-                                      on_overflow=self._on_overflow)
-            self.stderr = (_PipeReader(err_r, self.limits.output_bytes,
+            self.stdout = OutputReader(fds.out_r, self.limits.output_bytes, kills=kills,
                                        on_overflow=self._on_overflow)
-                           if err_r is not None else None)
-            self.report = _PipeReader(rep_r, protocol.MAX_MESSAGE, on_data=self._on_report)
+            fds.release(fds.out_r)
+            self.stderr = None
+            if fds.err_r is not None:
+                self.stderr = OutputReader(fds.err_r, self.limits.output_bytes, kills=kills,
+                                           on_overflow=self._on_overflow)
+                fds.release(fds.err_r)
+            self.report = ReportReader(fds.rep_r, self._on_message)
+            fds.release(fds.rep_r)
             request = {"spec": self.spec.to_wire(), "procs_files": list(self.box.procs_files),
-                       "host_id": self.host_id}
-            await self.client.spawn(request, child_ends)
+                       "ids": {"keeper": self.ids.keeper, "program": self.ids.program}}
+            await self.client.spawn(request, fds.child_ends)
         except BaseException:
             for reader in (getattr(self, n, None) for n in ("stdout", "stderr", "report")):
                 if reader is not None:
                     reader.close()
-            os.close(self.go_fd)
-            self.go_fd = -1
+            fds.close_all()
             raise
-        finally:
-            for fd in set(child_ends):
-                os.close(fd)
+        fds.close_child_ends()
         try:
             await self._watch()
-        finally:
-            if self.go_fd >= 0:
-                os.close(self.go_fd)
-                self.go_fd = -1
+        except BaseException:
+            self.kill()
+            fds.close_all()
+            raise
         self.kill()  # anything the program left behind dies with the box
         readers = [r for r in (self.stdout, self.stderr, self.report) if r is not None]
-        await asyncio.wait([r.done for r in readers], timeout=DRAIN_TIMEOUT_S)
+        drains = [r.drain() for r in readers if isinstance(r, OutputReader)]
+        await asyncio.wait([self.report.done, *drains], timeout=DRAIN_TIMEOUT_S)
         for r in readers:
             r.close()
-        return self._outcome()
-
-    def _open_fds(self) -> dict:
-        stdin = os.memfd_create("stdin", os.MFD_CLOEXEC)
-        view = memoryview(self.spec.stdin)
-        while view:
-            view = view[os.write(stdin, view):]
-        os.lseek(stdin, 0, os.SEEK_SET)
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        if self.spec.merge_stderr:
-            err_r, err_w = None, out_w
-        else:
-            err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        rep_r, rep_w = os.pipe2(os.O_CLOEXEC)
-        go_r, go_w = os.pipe2(os.O_CLOEXEC)
-        return {"child": [stdin, out_w, err_w, rep_w, go_r], "parent": (out_r, err_r, rep_r, go_w)}
+        try:
+            return self._outcome()
+        finally:
+            fds.close_all()
 
     async def _watch(self) -> None:
         """Wait for the report pipe's EOF (the box is gone), enforcing the limits."""
@@ -338,47 +314,90 @@ class _BoxRun:
             now = time.monotonic()
             if self.started_at is None:
                 if now - spawned > SETUP_TIMEOUT_S:
-                    self.kill()
+                    self.kill("setup timeout")
                     break
                 timeout = MAX_POLL_S
             else:
                 wall_left = self.limits.wall_ms / 1000 - (now - self.started_at)
                 if wall_left <= 0:
                     self.wall_exceeded = True
-                    self.kill()
+                    self.kill("wall limit")
                     break
                 cpu_left = cpu_limit_ns - (self.box.cpu_ns() - self.cpu_baseline_ns)
                 if cpu_left < 0:
                     self.cpu_exceeded = True
-                    self.kill()
+                    self.kill("cpu limit")
                     break
+                # With cpu.max capping the box at cpu_share CPUs, the limit cannot be
+                # reached sooner than this: sleep exactly that long, no busy polling.
                 cpu_left_s = cpu_left / 1e9 / self.limits.cpu_share
                 timeout = max(MIN_POLL_S, min(wall_left, cpu_left_s + MIN_POLL_S, MAX_POLL_S * 8))
             await asyncio.wait([self.report.done], timeout=timeout)
 
+    def _program_cpu_ns(self, report: protocol.Report, stats: cg.CgroupStats) -> int:
+        if not report.execed:
+            return 0
+        if report.exit_cpu_ns is not None:
+            # Counter at the program's end, less the counter at GO, P's pre-exec CPU and
+            # the init's own CPU since GO: what ran from the program's execve on.
+            used = (report.exit_cpu_ns - self.cpu_at_go - report.pre_exec_cpu_ns
+                    - report.init_cpu_ns)
+        else:  # killed before it ended: everything since its execve
+            used = stats.cpu_ns - self.cpu_baseline_ns
+        return max(0, used)
+
+    def _program_memory(self, report: protocol.Report, stats: cg.CgroupStats) -> int:
+        if not report.execed:
+            return 0
+        # Peak since execve less the usage at execve, less the page cache of files the
+        # box merely read (reclaimable: never what runs a program out of memory).
+        # (Not ru_maxrss: the kernel carries the forked interpreter's RSS over execve.)
+        charged = self.fds.read_peak() - report.exec_memory_bytes - stats.file_cache_bytes
+        return max(0, charged)
+
+    def _setup_error(self, report: protocol.Report, oom: bool) -> str | None:
+        """Why the sandbox itself failed, or None when the program's fate is known."""
+        if report.failed_step is not None:
+            name = errno.errorcode.get(report.failed_errno, str(report.failed_errno))
+            return f"{report.failed_step}: {report.failed_message} ({name})"
+        if report.limit_errno and report.limit_errno != errno.EBUSY:
+            return f"setting the program's memory limit failed ({os.strerror(report.limit_errno)})"
+        if not report.execed:
+            if report.wait_status is not None:
+                return (f"the program's process ended before its execve "
+                        f"(wait status {report.wait_status})")
+            if self.ended_by == "setup timeout":
+                return "box did not start within its setup timeout"
+        if report.wait_status is not None or self.ended_by is not None:
+            return None  # the program's status is known, or a limit ended it
+        # No status from the init, and not by our kill. An OOM kill is the program's
+        # doing (the init only dies in one when the program lowered its own priority).
+        if oom:
+            return None
+        if not self.client.process.alive:
+            return "the fork server died during the run; the box was killed with it"
+        return "box ended without reporting its program's status"
+
     def _outcome(self) -> JailOutcome:
         stats = self.box.stats()
         report = protocol.parse_report(bytes(self.report.buf))
-        cpu_ns = max(0, stats.cpu_ns - self.cpu_baseline_ns) if self.started_at else 0
-        cpu_ms = cpu_ns // 1_000_000
+        cpu_ms = self._program_cpu_ns(report, stats) // 1_000_000
         # Finished, but over the limit between two looks (or within the last poll): still TLE.
         cpu_exceeded = self.cpu_exceeded or cpu_ms > self.limits.cpu_ms
-        oom = stats.oom_kills > 0
+        oom = stats.oom_kills > 0 or self.memory_exceeded
         exit_code = sig = None
         if report.wait_status is not None:
             if os.WIFEXITED(report.wait_status):
                 exit_code = os.WEXITSTATUS(report.wait_status)
             elif os.WIFSIGNALED(report.wait_status):
                 sig = os.WTERMSIG(report.wait_status)
-        elif self.cpu_exceeded or self.wall_exceeded or self.output_exceeded:
+        elif self.ended_by is not None and report.execed:
             sig = signal.SIGKILL.value  # killed by us for a limit before it could finish
         wall_ms = (report.wall_ns // 1_000_000 if report.wall_ns is not None
                    else int((time.monotonic() - self.started_at) * 1000) if self.started_at
                    else 0)
-        setup_error = None
-        if report.failed_step is not None:
-            name = errno.errorcode.get(report.failed_errno, str(report.failed_errno))
-            setup_error = f"{report.failed_step}: {report.failed_message} ({name})"
+        setup_error = self._setup_error(report, oom)
+        if setup_error is not None:
             termination = Termination.SETUP_ERROR
         elif self.wall_exceeded:
             termination = Termination.WALL_LIMIT
@@ -386,23 +405,23 @@ class _BoxRun:
             termination = Termination.CPU_LIMIT
         elif oom:
             termination = Termination.MEMORY_LIMIT
-        elif self.output_exceeded:
+        elif self.output_exceeded and self.limits.output_overflow_kills:
             termination = Termination.OUTPUT_LIMIT
         elif sig is not None:
             termination = Termination.SIGNALED
         elif exit_code is not None:
             termination = Termination.EXITED
         else:
-            termination = Termination.SETUP_ERROR
-            setup_error = ("box did not start within its setup timeout" if not self.started_at
-                           else "box ended without reporting its program's status")
+            termination = Termination.MEMORY_LIMIT if oom else Termination.SETUP_ERROR
+            if not oom:
+                setup_error = "box ended without reporting its program's status"
         return JailOutcome(
             termination=termination,
             exit_code=exit_code,
             signal=sig,
             cpu_ms=cpu_ms,
             wall_ms=wall_ms,
-            memory_bytes=max(0, stats.memory_peak_bytes - self.memory_baseline),
+            memory_bytes=self._program_memory(report, stats),
             stdout=bytes(self.stdout.buf),
             stderr=bytes(self.stderr.buf) if self.stderr else b"",
             cpu_exceeded=cpu_exceeded,

@@ -352,11 +352,12 @@ leaked = [u for u in host_only if u in users]
 check("no_host_users", not leaked, leaked)
 import pwd
 check("getpwuid_1000_is_sandbox", pwd.getpwuid(1000).pw_name == "sandbox")
-# Only the box uid is mapped, to an unprivileged host id: host root does not exist here.
+# Two ids are mapped, each to its own unprivileged host id: 0 (the box's keeper: its
+# init) and 1000 (the program). Host root does not exist here.
 for m in ("uid_map", "gid_map"):
-    rows = [r.split() for r in read_file(f"/proc/self/{m}").decode().splitlines()]
-    check(m, len(rows) == 1 and rows[0][0] == "1000" and rows[0][2] == "1"
-          and rows[0][1] != "0", rows)
+    rows = sorted(r.split() for r in read_file(f"/proc/self/{m}").decode().splitlines())
+    check(m, [(r[0], r[2]) for r in rows] == [("0", "1"), ("1000", "1")]
+          and "0" not in (rows[0][1], rows[1][1]) and rows[0][1] != rows[1][1], rows)
 ''')
     result = await execute("python3", source, stdin="\n".join(host_only))
     assert_checks(result, ["ids_are_1000", "res_ids_are_1000", "no_supplementary_groups",

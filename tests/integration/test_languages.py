@@ -20,8 +20,10 @@ async def test_self_test_program_is_accepted(execute, registry, language):
     result = await execute(language, lang.self_test, time_limit_ms=5000, memory_limit_mb=512,
                            expected_output="ok\n")
     assert result.status is Status.ACCEPTED, result
-    assert result.time_ms is not None and result.time_ms > 0
-    assert result.memory_kb is not None and result.memory_kb > 0
+    # Measured from the execve on: a native hello world may cost 0 ms and less memory
+    # than the kernel's charge batch (64 pages per CPU), so only >= 0 for all.
+    assert result.time_ms is not None and result.time_ms >= 0
+    assert result.memory_kb is not None and result.memory_kb >= 0
 
 
 ECHO = {
@@ -41,9 +43,9 @@ async def test_stdin_echo(execute, language):
     assert result.status is Status.ACCEPTED, result
     assert result.stdout == "hello\n"
     assert result.exit_code == 0 and result.signal is None
-    assert 0 < result.time_ms < 5000
-    assert 0 < result.wall_time_ms < 11000
-    assert 100 < result.memory_kb < 512 * 1024
+    assert 0 <= result.time_ms < 5000
+    assert 0 <= result.wall_time_ms < 11000
+    assert 0 <= result.memory_kb < 512 * 1024
 
 
 async def test_c_syntax_error_is_compile_error_with_gcc_message(execute):

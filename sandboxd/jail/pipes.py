@@ -1,0 +1,250 @@
+"""The descriptors of one box, parent side: sealed stdin, output pipes, report pipe.
+
+    box fd   what                                  daemon keeps
+    0        stdin: a sealed memfd, read-only       nothing (the data lives in the memfd)
+    1, 2     stdout/stderr pipes, sized to hold     read ends (`OutputReader`)
+             the whole output cap
+    3        report pipe (close-on-exec)            read end (`ReportReader`)
+    4        go pipe (close-on-exec)                write end
+    6, 7     cgroup CPU / memory counters, read-only (close-on-exec), for the box's init
+    8        cgroup memory peak, read-write: the   its own copy (same open file: a v2
+             init restarts it at execve            peak reset is per open file)
+    9, 10    cgroup memory limit files, write-only (v1 memory.limit_in_bytes and
+             memsw.limit_in_bytes, v2 memory.max twice): the init narrows the limit
+
+Output pipes hold the whole cap: a runtime that writes its output and exits at once
+(Node.js drops pending pipe writes on `process.exit`) never waits for the daemon, so
+nothing is lost; only output past the cap can block, and that ends the run anyway.
+The pipe pages are charged to the writer's memory cgroup: the box pays for them.
+Because of that headroom the daemon reads output in batches (`OUTPUT_BATCH_S`), not
+on every write: a program trickling one byte at a time costs the daemon a wakeup per
+batch, not one per byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+from collections.abc import Callable
+
+from . import protocol
+
+OUTPUT_BATCH_S = 0.02  # the daemon looks at a box's output at most 50 times a second
+READ_CHUNK = 1 << 20
+MAX_READS_PER_BATCH = 8
+MIN_PIPE_BYTES = 1 << 16
+STDIN_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+
+
+def sealed_stdin(data: bytes) -> int:
+    """A read-only descriptor of a sealed memfd holding `data`.
+
+    Sealed and read-only: the box cannot write the pages (no MAP_SHARED|PROT_WRITE, so
+    it cannot use the daemon-charged memfd as free memory), nor grow or shrink it.
+    """
+    fd = os.memfd_create("stdin", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, STDIN_SEALS)
+        # A new open file description through /proc: read-only, offset 0.
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(fd)
+
+
+def output_pipe(cap: int) -> tuple[int, int]:
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        # Root may exceed /proc/sys/fs/pipe-max-size; the kernel rounds up to 2^n pages.
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, max(MIN_PIPE_BYTES, cap))
+    except OSError:
+        pass  # not root (unit tests): a smaller pipe only means earlier back-pressure
+    return r, w
+
+
+class BoxFds:
+    """Every descriptor of one box, opened all-or-nothing (see module docstring)."""
+
+    def __init__(self, stdin: bytes, output_cap: int, merge_stderr: bool,
+                 accounting: tuple[str, str, str, str, str]) -> None:
+        self._opened: list[int] = []
+        try:
+            self.stdin = self._keep(sealed_stdin(stdin))
+            self.out_r, self.out_w = self._keep_pair(output_pipe(output_cap))
+            if merge_stderr:
+                self.err_r: int | None = None
+                self.err_w = self.out_w
+            else:
+                self.err_r, self.err_w = self._keep_pair(output_pipe(output_cap))
+            self.rep_r, self.rep_w = self._keep_pair(os.pipe2(os.O_CLOEXEC))
+            self.go_r, self.go_w = self._keep_pair(os.pipe2(os.O_CLOEXEC))
+            cpu, memory, peak, limit, limit2 = accounting
+            self.cpu_usage = self._keep(os.open(cpu, os.O_RDONLY | os.O_CLOEXEC))
+            self.memory_usage = self._keep(os.open(memory, os.O_RDONLY | os.O_CLOEXEC))
+            self.memory_peak = self._keep(os.open(peak, os.O_RDWR | os.O_CLOEXEC))
+            self.limits = [self._keep(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+                           for path in (limit, limit2)]
+        except BaseException:
+            self.close_all()
+            raise
+
+    def _keep(self, fd: int) -> int:
+        self._opened.append(fd)
+        return fd
+
+    def _keep_pair(self, pair: tuple[int, int]) -> tuple[int, int]:
+        self._opened.extend(pair)
+        return pair
+
+    @property
+    def child_ends(self) -> list[int]:
+        """In protocol.FD_* order, as sent to the fork server."""
+        return [self.stdin, self.out_w, self.err_w, self.rep_w, self.go_r, self.cpu_usage,
+                self.memory_usage, self.memory_peak, *self.limits]
+
+    def close_child_ends(self) -> None:
+        """The box has its copies now (or never will): ours go (the peak stays open)."""
+        for fd in set(self.child_ends) - {self.memory_peak}:
+            self.close(fd)
+
+    def read_peak(self) -> int:
+        return int(os.pread(self.memory_peak, 64, 0))
+
+    def close_all(self) -> None:
+        for fd in list(self._opened):
+            self.close(fd)
+
+    def close(self, fd: int) -> None:
+        if fd in self._opened:
+            self._opened.remove(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def release(self, fd: int) -> None:
+        """`fd` is now owned (and closed) by a reader."""
+        if fd in self._opened:
+            self._opened.remove(fd)
+
+
+class OutputReader:
+    """Reads one output pipe into memory up to `cap` bytes, in batches.
+
+    Past the cap: with `kills`, `on_overflow` ends the box and the pipe is closed (the
+    writer gets EPIPE); without, the rest is read and dropped (compile steps).
+    """
+
+    def __init__(self, fd: int, cap: int, *, kills: bool,
+                 on_overflow: Callable[[], None]) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.fd = fd
+        self.cap = cap
+        self.kills = kills
+        self.on_overflow = on_overflow
+        self.buf = bytearray()
+        self.overflow = False
+        self.draining = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        os.set_blocking(fd, False)
+        self.loop.add_reader(fd, self._readable)
+
+    def _readable(self) -> None:
+        for _ in range(MAX_READS_PER_BATCH):
+            try:
+                data = os.read(self.fd, READ_CHUNK)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                self.close()
+                return
+            self._take(data)
+            if self.done.done():
+                return
+        if not self.draining:
+            # Let output accumulate in the pipe for a while: one wakeup per batch.
+            self.loop.remove_reader(self.fd)
+            self._timer = self.loop.call_later(OUTPUT_BATCH_S, self._resume)
+
+    def _resume(self) -> None:
+        self._timer = None
+        if not self.done.done():
+            self.loop.add_reader(self.fd, self._readable)
+
+    def _take(self, data: bytes) -> None:
+        room = self.cap - len(self.buf)
+        if len(data) <= room:
+            self.buf += data
+            return
+        self.buf += data[:max(room, 0)]
+        if not self.overflow:
+            self.overflow = True
+            self.on_overflow()
+        if self.kills:
+            self.close()
+
+    def drain(self) -> asyncio.Future[None]:
+        """Read everything that is left, without batching (the box is ending)."""
+        if not self.done.done() and not self.draining:
+            self.draining = True
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+                self.loop.add_reader(self.fd, self._readable)
+        return self.done
+
+    def close(self) -> None:
+        if self.done.done():
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        else:
+            self.loop.remove_reader(self.fd)
+        os.close(self.fd)
+        self.done.set_result(None)
+
+
+class ReportReader:
+    """The box's report pipe: every complete line goes to `on_message` at once."""
+
+    def __init__(self, fd: int, on_message: Callable[[dict], None]) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.fd = fd
+        self.on_message = on_message
+        self.buf = bytearray()
+        self._parsed = 0
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        os.set_blocking(fd, False)
+        self.loop.add_reader(fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.fd, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data or len(self.buf) + len(data) > protocol.MAX_MESSAGE:
+            self.close()
+            return
+        self.buf += data
+        while (end := self.buf.find(b"\n", self._parsed)) >= 0:
+            line = bytes(self.buf[self._parsed:end])
+            self._parsed = end + 1
+            try:
+                message = protocol.decode(line)
+            except ValueError:
+                continue  # only our own code writes here; a torn line is ignored
+            self.on_message(message)
+
+    def close(self) -> None:
+        if not self.done.done():
+            self.loop.remove_reader(self.fd)
+            os.close(self.fd)
+            self.done.set_result(None)
