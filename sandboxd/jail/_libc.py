@@ -129,3 +129,27 @@ def seccomp_load_bpf(program: bytes) -> None:
                     ctypes.byref(prog), ctypes.c_ulong(0), ctypes.c_ulong(0)),
         "seccomp",
     )
+
+
+_SYS_seccomp = 317  # x86_64
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+# struct seccomp_notif (80 bytes) and seccomp_notif_resp (24 bytes): a fixed ABI, and the
+# ioctl numbers encode the sizes (_IOWR('!', 0 / 1, ...)).
+SECCOMP_NOTIF_SIZE = 80
+SECCOMP_IOCTL_NOTIF_RECV = 0xC0502100
+SECCOMP_IOCTL_NOTIF_SEND = 0xC0182101
+
+
+def seccomp_load_bpf_with_listener(program: bytes) -> int:
+    """Install a ready BPF program whose NOTIFY actions go to the returned descriptor.
+
+    Needs no_new_privs; the listener fd is close-on-exec.
+    """
+    buf = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    return _check(
+        _libc.syscall(ctypes.c_long(_SYS_seccomp), ctypes.c_uint(SECCOMP_SET_MODE_FILTER),
+                      ctypes.c_uint(SECCOMP_FILTER_FLAG_NEW_LISTENER), ctypes.byref(prog)),
+        "seccomp",
+    )

@@ -30,18 +30,24 @@ from . import mounts, protocol, seccomp, stage, userns
 from .spec import JailSpec, SeccompProfile
 
 USERMAP_TIMEOUT_S = 10.0
+FILTER_CACHE_SIZE = 32
 
 
 class ForkServer:
     def __init__(self, sock: socket.socket, root_dir: str) -> None:
         self.sock = sock
         self.root_dir = root_dir
-        self.filters: dict[SeccompProfile, bytes] = {}
+        self.filters: dict[tuple[SeccompProfile, int], bytes] = {}
 
-    def bpf_for(self, profile: SeccompProfile) -> bytes:
-        bpf = self.filters.get(profile)
+    def bpf_for(self, profile: SeccompProfile, allocation_limit: int) -> bytes:
+        """Compiled once per (profile, memory limit): judges use a handful of limits."""
+        key = (profile, allocation_limit)
+        bpf = self.filters.pop(key, None)
         if bpf is None:
-            bpf = self.filters[profile] = seccomp.compile_profile(profile)
+            bpf = seccomp.compile_profile(profile, allocation_limit)
+            while len(self.filters) >= FILTER_CACHE_SIZE:
+                del self.filters[next(iter(self.filters))]  # least recently used
+        self.filters[key] = bpf
         return bpf
 
     def serve(self) -> None:
@@ -85,7 +91,7 @@ class ForkServer:
             raise ValueError(f"SPAWN needs {protocol.SPAWN_FDS} descriptors, got {len(fds)}")
         spec = JailSpec.from_wire(request["spec"])
         plan = mounts.plan(spec, self.root_dir)
-        bpf = self.bpf_for(spec.seccomp)
+        bpf = self.bpf_for(spec.seccomp, spec.limits.memory_bytes)
         ids = userns.SlotIds(**request["ids"])
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         me = os.getpid()
@@ -152,7 +158,7 @@ def main() -> None:
     sock = socket.socket(fileno=sock_fd)
     # Warm up: compile the default filter and import everything before the first box.
     server = ForkServer(sock, root_dir)
-    server.bpf_for(SeccompProfile())
+    server.bpf_for(SeccompProfile(), 256 << 20)
     server.serve()
 
 

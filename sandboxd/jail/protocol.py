@@ -72,6 +72,7 @@ class Report:
     wall_ns: int | None = None
     exit_cpu_ns: int | None = None  # the cgroup's CPU counter when the program ended
     init_cpu_ns: int = 0  # the init's own CPU time from GO to the program's end
+    refused_bytes: int = 0  # the largest allocation refused for passing the memory limit
     failed_step: str | None = None
     failed_errno: int = 0
     failed_message: str = ""
@@ -93,7 +94,8 @@ def parse_report(raw: bytes) -> Report:
                           limit_errno=msg["limit_errno"])
         elif kind == "EXITED":
             fields.update(wait_status=msg["status"], wall_ns=msg["wall_ns"],
-                          exit_cpu_ns=msg["cpu_ns"], init_cpu_ns=msg["init_cpu_ns"])
+                          exit_cpu_ns=msg["cpu_ns"], init_cpu_ns=msg["init_cpu_ns"],
+                          refused_bytes=msg["refused_bytes"])
         elif kind == "FAILED" and "failed_step" not in fields:
             fields.update(failed_step=msg["step"], failed_errno=msg["errno"],
                           failed_message=msg["message"])

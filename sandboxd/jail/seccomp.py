@@ -16,7 +16,12 @@ Policy (threat in brackets):
 - file locks (flock, fcntl F_SETLK*) answer ENOLCK [a lock on a shared read-only
   inode such as libc.so would block other boxes];
 - ioctl TIOCSTI denied [typing into a terminal; there is none, belt and braces];
-- personality: only the default (PER_LINUX) or a query.
+- personality: only the default (PER_LINUX) or a query;
+- mmap/mremap asking for more writable memory than the box's memory limit in one
+  call are handed to the box's init (user notification), which answers ENOMEM and
+  remembers it [an allocation that can never fit: refused the same way on every
+  host, whatever its RAM and overcommit heuristics, and evidence for the verdict].
+  Reservations (PROT_NONE or MAP_NORESERVE, as JVMs, V8 and Go make) pass.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ ALLOWED = (
     "timerfd_create timerfd_settime timerfd_gettime inotify_init inotify_init1 "
     "inotify_add_watch inotify_rm_watch memfd_create "
     # memory
-    "brk mmap munmap mremap mprotect msync mincore madvise mlock mlock2 munlock "
+    "brk munmap mprotect msync mincore madvise mlock mlock2 munlock "
     "mlockall munlockall get_mempolicy membarrier pkey_alloc pkey_free pkey_mprotect "
     "map_shadow_stack "
     # processes, threads, signals
@@ -107,6 +112,8 @@ FCNTL_LOCK_CMDS = (6, 7, 37, 38)  # F_SETLK, F_SETLKW, F_OFD_SETLK, F_OFD_SETLKW
 # register, so every comparison must look at the low 32 bits only, or F_SETLK | 1 << 32
 # would pass a rule written for F_SETLK.
 LOW32 = 0xFFFFFFFF
+PROT_NONE = 0
+MAP_NORESERVE = 0x4000
 
 
 def _known(name: str) -> bool:
@@ -117,13 +124,33 @@ def _known(name: str) -> bool:
     return True
 
 
-def build_filter(profile: SeccompProfile) -> sc.SyscallFilter:
+def _allocation_rules(f: sc.SyscallFilter, limit: int | None) -> None:
+    """mmap/mremap: allowed, or over `limit` writable bytes: notify (see the docstring).
+
+    The rules are disjoint: the NOTIFY rule is the exact complement of the ALLOW ones.
+    """
+    if limit is None:
+        f.add_rule(sc.ALLOW, "mmap")
+        f.add_rule(sc.ALLOW, "mremap")
+        return
+    f.add_rule(sc.ALLOW, "mmap", sc.Arg(1, sc.LE, limit))
+    f.add_rule(sc.ALLOW, "mmap", sc.Arg(2, sc.EQ, PROT_NONE))
+    f.add_rule(sc.ALLOW, "mmap", sc.Arg(3, sc.MASKED_EQ, MAP_NORESERVE, MAP_NORESERVE))
+    f.add_rule(sc.NOTIFY, "mmap", sc.Arg(1, sc.GT, limit), sc.Arg(2, sc.NE, PROT_NONE),
+               sc.Arg(3, sc.MASKED_EQ, MAP_NORESERVE, 0))
+    f.add_rule(sc.ALLOW, "mremap", sc.Arg(2, sc.LE, limit))
+    f.add_rule(sc.NOTIFY, "mremap", sc.Arg(2, sc.GT, limit))
+
+
+def build_filter(profile: SeccompProfile, allocation_limit: int | None = None
+                 ) -> sc.SyscallFilter:
+    """The allow-list; with `allocation_limit`, larger writable allocations notify."""
     f = sc.SyscallFilter(defaction=sc.ERRNO(errno.EPERM))
     f.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
     unknown = [name for name in profile.extra_syscalls if not _known(name)]
     if unknown:
         raise ValueError(f"unknown syscall(s) in seccomp profile: {', '.join(unknown)}")
-    overlap = set(profile.extra_syscalls) & set(KILLED + DENIED)
+    overlap = set(profile.extra_syscalls) & set(KILLED + DENIED + ["mmap", "mremap"])
     if overlap:
         raise ValueError(f"seccomp profile may not allow {', '.join(sorted(overlap))}")
     # Names this libseccomp does not know (newer than it) are skipped: the default
@@ -134,6 +161,7 @@ def build_filter(profile: SeccompProfile) -> sc.SyscallFilter:
     for name in KILLED:
         if _known(name):
             f.add_rule(sc.KILL_PROCESS, name)
+    _allocation_rules(f, allocation_limit)
     f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
     f.add_rule(sc.ALLOW, "clone", sc.Arg(0, sc.MASKED_EQ, NAMESPACE_CLONE_FLAGS, 0))
     f.add_rule(sc.ALLOW, "socket", sc.Arg(0, sc.EQ, AF_UNIX))
@@ -152,9 +180,9 @@ def build_filter(profile: SeccompProfile) -> sc.SyscallFilter:
     return f
 
 
-def compile_profile(profile: SeccompProfile) -> bytes:
-    """The profile's filter as raw BPF (struct sock_filter[]), ready for PR_SET_SECCOMP."""
-    f = build_filter(profile)
+def compile_profile(profile: SeccompProfile, allocation_limit: int | None = None) -> bytes:
+    """The profile's filter as raw BPF (struct sock_filter[]), ready to load."""
+    f = build_filter(profile, allocation_limit)
     fd = os.memfd_create("seccomp-bpf")
     try:
         with os.fdopen(os.dup(fd), "rb", buffering=0) as out:

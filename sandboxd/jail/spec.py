@@ -39,6 +39,10 @@ class BoxLimits:
     # False (compile steps): output past the cap is read and dropped, the box keeps
     # running; `output_exceeded` still says it happened. True: the cap kills the box.
     output_overflow_kills: bool = True
+    # RLIMIT_DATA of the program (0: none). For runtimes that tolerate it (native code,
+    # CPython): with the over-limit mmap refusal of seccomp.py, even glibc's brk
+    # fallback for a huge malloc then fails the same way on every host.
+    data_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -52,19 +52,22 @@ I — PID 1, uid 0 inside (the keeper id), capabilities only inside the box
                 and the memory counter, narrows the memory limit from the setup's
                 headroom to usage + limit, restarts the memory peak and reports
                 EXECED: the program's numbers and limit start exactly at its execve
-  reap          reap every child; when P ends (or stops itself: then as if killed by
-                the stop signal), read the CPU counter, send EXITED, exit: the kernel
-                then kills whatever else is left in the PID namespace
+  reap          reap every child and answer P's over-limit allocations with ENOMEM
+                (seccomp.py); when P ends (or stops itself: then as if killed by the
+                stop signal), read the CPU counter, send EXITED, exit: the kernel then
+                kills whatever else is left in the PID namespace
 P — the program
-  oom           oom_score_adj 1000: in an OOM the kernel picks the program, never I or D
   signals       every signal to its default disposition, empty mask (whatever the
                 daemon's launcher ignored must not leak into the program)
+  oom           oom_score_adj 1000: in an OOM the kernel picks the program, never I or D
   cwd           the working directory
+  data          RLIMIT_DATA when the spec asks (here, not in D: D and I are interpreters)
   bounding      empty capability bounding set (needs CAP_SETPCAP: before `identity`)
   identity      the program id (uid/gid 1000 inside): the kernel clears every capability
   capabilities  empty inheritable/effective/permitted sets (belt and braces)
   no_new_privs  no setuid/file-capability gains across execve; required for seccomp
-  seccomp       the allow-list, loaded last: after it only the exec report and execve
+  seccomp       the allow-list, loaded last, with a listener for its over-limit
+                allocations that goes to I; after it only the exec report and execve
   execve        preceded by P's own CPU time on the exec pipe
 """
 
@@ -76,6 +79,8 @@ import os
 import resource
 import select
 import signal
+import socket
+import struct
 import time
 from typing import NoReturn
 
@@ -106,6 +111,7 @@ INOTIFY_LIMITS = (("/proc/sys/user/max_inotify_instances", "64"),
 # Signals a process can have a disposition for (SIGKILL/SIGSTOP cannot be changed).
 _RESETTABLE_SIGNALS = tuple(sorted(s for s in signal.valid_signals()
                                    if s not in (signal.SIGKILL, signal.SIGSTOP)))
+_NR_MREMAP = 25  # x86_64
 _NS_CLOCK_FMT = 8  # bytes of P's pre-exec CPU time on the exec pipe (little endian)
 
 
@@ -312,6 +318,74 @@ def _restart_peak() -> None:
         pass
 
 
+def _receive_listener(sock: socket.socket) -> int | None:
+    """P's seccomp listener (P sends it right after loading its filter), or None."""
+    try:
+        _msg, fds, _flags, _addr = socket.recv_fds(sock, 1, 1)
+    except OSError:
+        fds = []
+    sock.close()
+    return fds[0] if fds else None
+
+
+class _Refusals:
+    """Answers the program's over-limit allocations (seccomp.py) with ENOMEM."""
+
+    def __init__(self, listener: int | None) -> None:
+        self.listener = listener
+        self.largest = 0
+
+    def answer_one(self) -> None:
+        assert self.listener is not None
+        buf = bytearray(L.SECCOMP_NOTIF_SIZE)  # the kernel wants it zeroed
+        try:
+            fcntl.ioctl(self.listener, L.SECCOMP_IOCTL_NOTIF_RECV, buf)
+        except OSError:
+            return  # ENOENT: the caller died or was interrupted meanwhile
+        notif_id, _pid, _flags, nr = struct.unpack_from("<QIIi", buf)
+        # seccomp_data.args start at offset 32: mmap's length is args[1], mremap's
+        # new length args[2].
+        size = struct.unpack_from("<Q", buf, 32 + 8 * (2 if nr == _NR_MREMAP else 1))[0]
+        self.largest = max(self.largest, size)
+        try:
+            fcntl.ioctl(self.listener, L.SECCOMP_IOCTL_NOTIF_SEND,
+                        struct.pack("<QqiI", notif_id, 0, -errno.ENOMEM, 0))
+        except OSError:
+            pass
+
+
+def _reap_until_program_ends(program: int, refusals: _Refusals) -> int:
+    """Reap every child (orphans included) and answer notifications; P's final status."""
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    watched = [wake_r] + ([refusals.listener] if refusals.listener is not None else [])
+    while True:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG | os.WUNTRACED)
+            except ChildProcessError:
+                os._exit(SETUP_FAILED)
+            if pid == 0:
+                break
+            if pid != program:
+                continue
+            if os.WIFSTOPPED(status):
+                # A program that stops itself (kill(0, SIGSTOP)) would only wait for
+                # the wall limit: it ends here, as if killed by the stop signal.
+                return os.WSTOPSIG(status)
+            return status
+        ready, _, _ = select.select(watched, [], [])
+        if wake_r in ready:
+            while True:
+                try:
+                    os.read(wake_r, 4096)
+                except BlockingIOError:
+                    break
+        if refusals.listener is not None and refusals.listener in ready:
+            refusals.answer_one()
+
+
 def _init(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, lifeline: int) -> NoReturn:
     _step("pdeathsig", _init_pdeathsig, lifeline)
     _step("session", os.setsid)
@@ -323,11 +397,16 @@ def _init(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, lifeline: int) -> N
     _step("go", _ready_set_go)
     init_cpu_start = time.clock_gettime_ns(time.CLOCK_PROCESS_CPUTIME_ID)
     exec_r, exec_w = _step("exec pipe", os.pipe2, os.O_CLOEXEC)
+    ours, theirs = _step("listener socket", socket.socketpair, socket.AF_UNIX,
+                         socket.SOCK_SEQPACKET)
     program = _step("fork", os.fork)
     if program == 0:
         os.close(exec_r)
-        _program(spec, bpf, exec_w)
+        ours.close()
+        _program(spec, bpf, exec_w, theirs)
     os.close(exec_w)
+    theirs.close()
+    refusals = _Refusals(_receive_listener(ours))
     pre_exec_ns = _await_exec(exec_r, program)
     started = time.monotonic_ns()
     if pre_exec_ns is not None:
@@ -336,26 +415,15 @@ def _init(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, lifeline: int) -> N
         _restart_peak()
         protocol.report(REPORT_FD, {"kind": "EXECED", "pre_exec_cpu_ns": pre_exec_ns,
                                     "memory_bytes": memory, "limit_errno": limit_errno})
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WUNTRACED)
-        except ChildProcessError:
-            os._exit(SETUP_FAILED)
-        if pid == program and os.WIFSTOPPED(status):
-            # A program that stops itself (kill(0, SIGSTOP)) would only wait for the
-            # wall limit: it ends here, as if killed by the stop signal.
-            status = os.WSTOPSIG(status)
-        elif pid != program or not os.WIFEXITED(status) and not os.WIFSIGNALED(status):
-            continue
-        if pid == program:
-            wall = time.monotonic_ns() - started
-            cpu = _parse_cpu_ns(_read_counter(CPU_USAGE_FD))
-            init_cpu = time.clock_gettime_ns(time.CLOCK_PROCESS_CPUTIME_ID) - init_cpu_start
-            protocol.report(REPORT_FD, {
-                "kind": "EXITED", "status": status, "wall_ns": wall, "cpu_ns": cpu,
-                "init_cpu_ns": init_cpu})
-            # Exiting as PID 1 makes the kernel SIGKILL everything left in the namespace.
-            os._exit(0)
+    status = _reap_until_program_ends(program, refusals)
+    wall = time.monotonic_ns() - started
+    cpu = _parse_cpu_ns(_read_counter(CPU_USAGE_FD))
+    init_cpu = time.clock_gettime_ns(time.CLOCK_PROCESS_CPUTIME_ID) - init_cpu_start
+    protocol.report(REPORT_FD, {
+        "kind": "EXITED", "status": status, "wall_ns": wall, "cpu_ns": cpu,
+        "init_cpu_ns": init_cpu, "refused_bytes": refusals.largest})
+    # Exiting as PID 1 makes the kernel SIGKILL everything left in the namespace.
+    os._exit(0)
 
 
 # ------------------------------------------------------------------------------ P
@@ -376,6 +444,11 @@ def _signals() -> None:
     for sig in _RESETTABLE_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _data_limit(limit: int) -> None:
+    if limit:
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 
 
 def _bounding_set() -> None:
@@ -403,14 +476,22 @@ def _execve(spec: JailSpec, exec_w: int) -> None:
     os.execvpe(argv[0], argv, env)
 
 
-def _program(spec: JailSpec, bpf: bytes, exec_w: int) -> NoReturn:
-    _step("oom", _oom_first)
+def _seccomp(bpf: bytes, to_init: socket.socket) -> None:
+    listener = L.seccomp_load_bpf_with_listener(bpf)
+    socket.send_fds(to_init, [b"L"], [listener])
+    os.close(listener)
+    to_init.close()
+
+
+def _program(spec: JailSpec, bpf: bytes, exec_w: int, to_init: socket.socket) -> NoReturn:
     _step("signals", _signals)
+    _step("oom", _oom_first)
     _step("cwd", os.chdir, spec.cwd)
+    _step("data", _data_limit, spec.limits.data_bytes)
     _step("bounding", _bounding_set)
     _step("identity", _identity)
     _step("capabilities", _capabilities)
     _step("no_new_privs", prctl.set_no_new_privs, True)
-    _step("seccomp", L.seccomp_load_bpf, bpf)
+    _step("seccomp", _seccomp, bpf, to_init)
     _step("execve", _execve, spec, exec_w)
     os._exit(SETUP_FAILED)

@@ -428,5 +428,6 @@ class _BoxRun:
             wall_exceeded=self.wall_exceeded,
             oom_killed=oom,
             output_exceeded=self.output_exceeded,
+            memory_refused=report.refused_bytes > 0,
             setup_error=setup_error,
         )

@@ -163,13 +163,18 @@ async def test_python_thread_bomb_fails_at_the_pids_cap(execute):
 
 # ------------------------------------------------------------------------------ memory
 
+# A gigabyte in 64 MiB pieces: each allocation fits the limit, so the kernel's OOM
+# killer (not an allocation refused as larger than the limit, see test_verdicts) ends it.
 MEMORY_BOMB = c("""
 int main(void) {
-    size_t n = (size_t)1 << 30;
-    char *p = malloc(n);
-    if (!p) { puts("malloc failed"); return 2; }
-    memset(p, 1, n);
-    ESCAPE(p);
+    size_t n = (size_t)64 << 20;
+    char *p = 0;
+    for (int i = 0; i < 16; i++) {
+        p = malloc(n);
+        if (!p) { puts("malloc failed"); return 2; }
+        memset(p, 1, n);
+        ESCAPE(p);
+    }
     printf("survived %d\\n", p[n - 1]);
     return 0;
 }
@@ -191,11 +196,14 @@ int main(void) {
     pid_t child = fork();
     if (child < 0) return 3;
     if (child == 0) {
-        size_t n = (size_t)1 << 30;
-        char *p = malloc(n);
-        if (!p) _exit(2);
-        memset(p, 1, n);
-        ESCAPE(p);
+        size_t n = (size_t)64 << 20;
+        char *p = 0;
+        for (int i = 0; i < 16; i++) {
+            p = malloc(n);
+            if (!p) _exit(2);
+            memset(p, 1, n);
+            ESCAPE(p);
+        }
         _exit(p[n - 1]);
     }
     int st;
@@ -237,7 +245,9 @@ async def test_64_mib_under_256_mib_is_accepted_and_measured(execute):
     assert result.status is Status.ACCEPTED, result
     assert result.stdout == f"{7 * (64 * MIB // 4096)}\n"
     assert result.memory_kb is not None
-    assert 64 * 1024 <= result.memory_kb < 100 * 1024, result.memory_kb
+    # The kernel charges memory in batches of 64 pages per CPU: a few hundred KiB of
+    # the program's first allocations may come out of a batch counted before execve.
+    assert 63 * 1024 <= result.memory_kb < 100 * 1024, result.memory_kb
 
 
 # ------------------------------------------------------------------------------ time
