@@ -19,6 +19,8 @@
                         <------------------------------------- EXECED {P's pre-exec CPU,
                                                                  memory counter at exec}
     memory limit, peak reset
+                        <------------------------------------- REFUSED {bytes} (an over-
+                                                                 limit allocation, if any)
                         <------------------------------------- EXITED {wait status, CPU
                                                                  counter, I's own CPU}
                         <------------------------------------- EOF: D, I, P all gone
@@ -94,8 +96,9 @@ def parse_report(raw: bytes) -> Report:
                           limit_errno=msg["limit_errno"])
         elif kind == "EXITED":
             fields.update(wait_status=msg["status"], wall_ns=msg["wall_ns"],
-                          exit_cpu_ns=msg["cpu_ns"], init_cpu_ns=msg["init_cpu_ns"],
-                          refused_bytes=msg["refused_bytes"])
+                          exit_cpu_ns=msg["cpu_ns"], init_cpu_ns=msg["init_cpu_ns"])
+        elif kind == "REFUSED":
+            fields["refused_bytes"] = max(fields.get("refused_bytes", 0), msg["bytes"])
         elif kind == "FAILED" and "failed_step" not in fields:
             fields.update(failed_step=msg["step"], failed_errno=msg["errno"],
                           failed_message=msg["message"])

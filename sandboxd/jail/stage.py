@@ -346,7 +346,10 @@ class _Refusals:
         # seccomp_data.args start at offset 32: mmap's length is args[1], mremap's
         # new length args[2].
         size = struct.unpack_from("<Q", buf, 32 + 8 * (2 if nr == _NR_MREMAP else 1))[0]
-        self.largest = max(self.largest, size)
+        if size > self.largest:
+            self.largest = size
+            # Said at once: the evidence must survive a kill for another limit.
+            protocol.report(REPORT_FD, {"kind": "REFUSED", "bytes": size})
         try:
             fcntl.ioctl(self.listener, L.SECCOMP_IOCTL_NOTIF_SEND,
                         struct.pack("<QqiI", notif_id, 0, -errno.ENOMEM, 0))
@@ -421,7 +424,7 @@ def _init(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, lifeline: int) -> N
     init_cpu = time.clock_gettime_ns(time.CLOCK_PROCESS_CPUTIME_ID) - init_cpu_start
     protocol.report(REPORT_FD, {
         "kind": "EXITED", "status": status, "wall_ns": wall, "cpu_ns": cpu,
-        "init_cpu_ns": init_cpu, "refused_bytes": refusals.largest})
+        "init_cpu_ns": init_cpu})
     # Exiting as PID 1 makes the kernel SIGKILL everything left in the namespace.
     os._exit(0)
 

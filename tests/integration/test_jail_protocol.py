@@ -115,3 +115,71 @@ async def test_the_fork_server_reaps_every_box(sandbox, registry):
             break
         time.sleep(0.05)
     assert not zombies
+
+
+# --- allocations larger than the memory limit (seccomp user notification) -----------
+
+MMAP_PROBE = r'''
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+FAILED = ctypes.c_void_p(-1).value
+for line in sys.stdin:
+    name, size, prot, flags = line.split()
+    ctypes.set_errno(0)
+    r = libc.mmap(None, int(size), int(prot), int(flags, 16), -1, 0)
+    print(name, "failed" if r == FAILED else "ok", ctypes.get_errno() if r == FAILED else 0)
+'''
+PY_ROOTFS_ARGV = ["/usr/bin/python3", "-c", MMAP_PROBE]
+
+
+async def test_writable_allocation_larger_than_the_limit_is_refused_with_evidence(
+        sandbox, registry):
+    # 128 MiB limit. Over it and writable: ENOMEM from the init, reported as evidence.
+    # Reservations (PROT_NONE, MAP_NORESERVE: how JVMs, V8 and Go reserve address
+    # space) and allocations within the limit pass, whatever their size.
+    probes = ("big_rw 8589934592 3 22\n"          # 8 GiB, PROT_READ|WRITE, PRIVATE|ANON
+              "huge_rw 85899345920 3 22\n"        # 80 GiB: refused the same way
+              "at_limit 134217728 3 22\n"         # exactly the limit: allowed
+              "reserve 8589934592 0 22\n"         # PROT_NONE
+              "noreserve 8589934592 3 4022\n")    # MAP_NORESERVE
+    out = await run_in_workspace(sandbox, registry, PY_ROOTFS_ARGV,
+                                 stdin=probes.encode())
+    assert out.termination is Termination.EXITED and out.exit_code == 0, out
+    lines = dict(line.split(" ", 1) for line in out.stdout.decode().splitlines())
+    assert lines == {"big_rw": "failed 12", "huge_rw": "failed 12", "at_limit": "ok 0",
+                     "reserve": "ok 0", "noreserve": "ok 0"}, out.stdout
+    assert out.memory_refused
+
+
+async def test_no_refusal_no_evidence(sandbox, registry):
+    out = await run_in_workspace(sandbox, registry, PY_ROOTFS_ARGV,
+                                 stdin=b"small 1048576 3 22\n")
+    assert out.stdout == b"small ok 0\n" and not out.memory_refused
+
+
+async def test_refusal_is_evidence_even_when_another_limit_ends_the_run(sandbox, registry):
+    # Refused, then spins into the CPU limit: the report said so before the kill.
+    argv = ["/usr/bin/python3", "-c", MMAP_PROBE + "\nwhile True: pass\n"]
+    limits = BoxLimits(cpu_ms=300, wall_ms=5000 * int(SLOWDOWN), memory_bytes=128 << 20)
+    out = await run_in_workspace(sandbox, registry, argv, stdin=b"big 8589934592 3 22\n",
+                                 limits=limits)
+    assert out.cpu_exceeded and out.memory_refused, out
+
+
+async def test_rlimit_data_on_request_fails_brk_growth_too(sandbox, registry):
+    # glibc falls back to brk when a huge mmap is refused; RLIMIT_DATA (for runtimes
+    # that tolerate it) makes that fail too, on every host alike.
+    code = ("import ctypes; libc = ctypes.CDLL(None, use_errno=True); "
+            "libc.sbrk.restype = ctypes.c_void_p; libc.sbrk.argtypes = [ctypes.c_long]; "
+            "r = libc.sbrk(1 << 30); print('failed' if r == ctypes.c_void_p(-1).value "
+            "else 'ok', ctypes.get_errno())")
+    limits = BoxLimits(cpu_ms=2000, wall_ms=5000, memory_bytes=128 << 20,
+                       data_bytes=256 << 20)
+    out = await run_in_workspace(sandbox, registry, ["/usr/bin/python3", "-c", code],
+                                 limits=limits)
+    assert out.stdout == b"failed 12\n", out
+    unlimited = await run_in_workspace(sandbox, registry, ["/usr/bin/python3", "-c", code])
+    assert unlimited.stdout == b"ok 0\n", unlimited
