@@ -13,7 +13,7 @@ APT_PACKAGES := libcap-dev libseccomp2 python3-venv python3-dev gcc g++ make \
 	openjdk-17-jdk-headless nodejs curl \
 	qemu-system-x86 busybox-static cpio kmod
 
-.PHONY: deps run test test-unit test-host test-v2 lint bench clean
+.PHONY: deps run test test-unit test-host test-v2 test-v1-comount lint bench clean
 
 deps: $(VENV)/.installed
 
@@ -48,6 +48,11 @@ test-host: deps
 # cgroup v2 proven on a real v2 kernel: Debian 12's kernel under qemu (tests/vm/README.md).
 test-v2: deps
 	$(PY) tests/vm/run_v2_lane.py
+
+# cgroup v1 with cpu,cpuacct co-mounted (systemd's hybrid layout), in the same VM: a few
+# real boxes (tests/vm/run_v1_lane.py). Not part of `make test` (this host is v1 already).
+test-v1-comount: deps
+	$(PY) tests/vm/run_v1_lane.py
 
 lint: deps
 	$(VENV)/bin/ruff check sandboxd tests bench

@@ -1,23 +1,38 @@
 """One small `Cgroup` interface, two backends: cgroup v2 and v1 (hybrid hosts).
 
 Every box gets its own cgroup, created below the daemon's own cgroup (read
-from /proc/self/cgroup) or below a configured root, never anywhere else:
+from /proc/self/cgroup) or below a configured root (`sandbox.cgroup_root`),
+never anywhere else:
 
-    <base>/sandboxd/box-<daemon pid>-<seq>
+    <own cgroup>/sandboxd/box-<daemon pid>-<seq>     (default)
+    <cgroup_root>/box-<daemon pid>-<seq>             (cgroup_root configured)
 
 The daemon pid in the name lets a new instance sweep the boxes a killed
 instance left behind without touching those of an instance still running.
 
 v2 (production; systemd `Delegate=yes`): a cgroup may not both hold processes
-and enable controllers for its children ("no internal processes"), so the
-daemon first moves itself into `<base>/daemon`, a leaf, then enables
-`cpu memory pids` in `<base>` and `<base>/sandboxd`.
+and enable controllers for its children ("no internal processes"). Default:
+the daemon first moves itself into `<own>/daemon`, a leaf, then enables
+`cpu memory pids` in `<own>` and `<own>/sandboxd`. With `cgroup_root`: the root
+is created if missing and the controllers are enabled, where they are not yet,
+in every cgroup from the mount root down to it; the daemon stays where it is.
 
-v1 (hybrid hosts such as our CI): one directory per hierarchy (memory, cpu,
-cpuacct, pids, freezer); a process joins by writing to each `cgroup.procs`.
+v1 (hybrid hosts such as our CI): one directory per hierarchy; a process joins
+by writing to each `cgroup.procs`. Controllers may share a hierarchy (systemd
+co-mounts `cpu,cpuacct`): such controllers map to the same directory, and every
+operation (mkdir, join, kill, rmdir) touches each distinct directory once.
+
+Memory is split one level further, so that the kernel's OOM killer and the memory
+limit only ever see the program:
+
+    box-<pid>-<seq>/            pids and CPU limits, CPU accounting, freezer / kill
+        keeper/                 memory of the box's own processes (D and its init)
+        program/                memory of the program and everything it starts: the limit
 
 The box's first step, before any code of the user runs, is to write "0" into
-every path of `procs_files` (see stage.py), so nothing runs unaccounted.
+every path of `procs_files` (see stage.py), so nothing runs unaccounted; the
+program moves itself into `program/` (through a descriptor the supervisor opened)
+before its execve.
 """
 
 from __future__ import annotations
@@ -28,6 +43,7 @@ import os
 import signal
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +53,12 @@ from .spec import JailError
 
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer")
 V2_CONTROLLERS = ("cpu", "memory", "pids")
+KEEPER = "keeper"
+PROGRAM = "program"
+# D and the init are forked interpreters of ~30 MiB; a bound, never reached in practice.
+KEEPER_MEMORY_BYTES = 256 << 20
 CPU_PERIOD_US = 100_000
+ROOT_KEY = "sandbox.cgroup_root"  # the config key named in set-up errors
 
 
 @dataclass(frozen=True)
@@ -51,9 +72,18 @@ class CgroupLimits:
 class CgroupStats:
     cpu_ns: int
     memory_peak_bytes: int
-    oom_kills: int
-    file_cache_bytes: int = 0
-    oom_events: int = 0
+    oom_kills: int  # processes the kernel OOM-killed in the box
+    oom_events: int  # times the memory limit was hit and reclaim could not help
+    file_cache_bytes: int  # page cache of files the box read: reclaimable, not the program's
+
+
+def parse_cpu_usage_ns(text: str) -> int:
+    """CPU time in ns from the text of `accounting_files[0]`: v1 cpuacct.usage is a plain
+    number of ns, v2 cpu.stat has a `usage_usec` line. Pure (runs between fork and exec)."""
+    for line in text.splitlines():
+        if line.startswith("usage_usec "):
+            return int(line[11:]) * 1000
+    return int(text)
 
 
 def _write(path: Path, value: str) -> None:
@@ -66,14 +96,6 @@ def _read(path: Path) -> str:
         return f.read()
 
 
-def _file_cache(stat: Path, keys: tuple[str, ...]) -> int:
-    try:
-        text = _read(stat)
-    except FileNotFoundError:
-        return 0
-    return sum(_keyed(text, k) for k in keys)
-
-
 def _keyed(text: str, key: str) -> int:
     """The value of `key` in a flat-keyed file such as memory.events or cpu.stat."""
     for line in text.splitlines():
@@ -81,6 +103,11 @@ def _keyed(text: str, key: str) -> int:
         if name == key:
             return int(value)
     return 0
+
+
+def _os_error(e: OSError) -> str:
+    name = errno.errorcode.get(e.errno, str(e.errno)) if e.errno else "?"
+    return f"{e.strerror or e} ({name})"
 
 
 class Cgroup(ABC):
@@ -91,27 +118,35 @@ class Cgroup(ABC):
     @property
     @abstractmethod
     def procs_files(self) -> tuple[str, ...]:
-        """Files a process writes "0" into to join this cgroup (all hierarchies)."""
+        """Files a process writes "0" into to join this cgroup (each directory once)."""
+
+    @property
+    @abstractmethod
+    def program_procs_file(self) -> str:
+        """The program's memory cgroup's cgroup.procs: the program writes "0" into it
+        (through a descriptor opened by the supervisor: Linux 5.16+ checks the opener's
+        credentials) before its execve."""
+
+    @property
+    @abstractmethod
+    def accounting_files(self) -> tuple[str, str, str, str]:
+        """(box CPU counter, program memory peak, program memory limit, second limit
+        file) for the box's init: the counter read-only, re-read with `os.pread(fd,
+        4096, 0)` and `parse_cpu_usage_ns`; the peak read-write (any write restarts a v1
+        peak; "reset" a v2 one, Linux 6.12+, for reads through the same open file); the
+        limit files write-only, written in order when lowering (v1: memory limit, then
+        memsw; v2: memory.max twice).
+
+        Checked on Linux 6.18 v1 and 6.1 v2 (VM lane): cgroup files are seq_files,
+        regenerated on every read at offset 0, so one fd opened before the box starts
+        follows the counter. tests/integration/test_cgroup_usage.py."""
 
     @abstractmethod
     def cpu_ns(self) -> int: ...
 
-    @property
     @abstractmethod
-    def accounting_files(self) -> tuple[str, str, str, str, str]:
-        """Paths the supervisor opens for the box's init: the CPU counter and memory
-        counter (read-only), the memory peak (read-write, restarted at the program's
-        execve), and two memory limit files (v1 memory + memsw; v2 memory.max twice),
-        written in that order when the limit is lowered."""
-
-    @abstractmethod
-    def stats(self) -> CgroupStats: ...
-
-    @abstractmethod
-    def start_program(self, memory_limit: int) -> int:
-        """The box's own setup is done and its program starts now: measure what the
-        setup processes use, grant the program its full `memory_limit` on top of that,
-        and restart the peak from here. Returns that baseline (bytes)."""
+    def stats(self) -> CgroupStats:
+        """CPU of the whole box; memory of the program's cgroup only."""
 
     @abstractmethod
     def pids(self) -> list[int]: ...
@@ -127,6 +162,7 @@ class Cgroup(ABC):
 
 class CgroupBackend(ABC):
     version: str
+    cgroup_root: str | None
 
     def __init__(self) -> None:
         self._seq = itertools.count(1)
@@ -134,9 +170,22 @@ class CgroupBackend(ABC):
     def new_name(self) -> str:
         return f"box-{os.getpid()}-{next(self._seq)}"
 
-    @abstractmethod
     def prepare(self) -> None:
-        """Once at start: create the sandboxd subtree, enable controllers, sweep stale boxes."""
+        """Once at start: create the box parent, enable controllers, sweep stale boxes.
+        Every failure is a JailError naming the path (and the config key, if set)."""
+        try:
+            self._prepare()
+            self.sweep_stale()
+        except (JailError, OSError) as e:
+            raise JailError(f"{self._where()}{e}") from None
+
+    def _where(self) -> str:
+        if self.cgroup_root is None:
+            return f"cgroup {self.version}: "
+        return f'cgroup {self.version}, {ROOT_KEY} = "{self.cgroup_root}": '
+
+    @abstractmethod
+    def _prepare(self) -> None: ...
 
     @abstractmethod
     def create(self, limits: CgroupLimits) -> Cgroup: ...
@@ -188,72 +237,80 @@ def _rmdir_retry(path: Path, timeout: float = 2.0) -> None:
             time.sleep(0.002)
 
 
+def _mkdir(path: Path, *, parents: bool) -> None:
+    try:
+        path.mkdir(parents=parents, exist_ok=True)
+    except OSError as e:
+        raise JailError(f"cannot create cgroup {path}: {_os_error(e)}") from None
+
+
+def _check_root(root: str) -> None:
+    parts = root.split("/")
+    if not root.startswith("/") or any(p in (".", "..") for p in parts):
+        raise JailError(f'{ROOT_KEY} = "{root}": must be an absolute cgroup path '
+                        'without "." or ".." (e.g. "/sandboxd")')
+
+
 # --------------------------------------------------------------------------- v2
+
+
+def _enable_all(path: Path) -> None:
+    enable = " ".join(f"+{c}" for c in V2_CONTROLLERS)
+    try:
+        _write(path / "cgroup.subtree_control", enable)
+    except OSError as e:
+        raise JailError(
+            f"cannot enable {enable} in {path / 'cgroup.subtree_control'}: {_os_error(e)} "
+            f"(other processes in that cgroup? use systemd Delegate=yes or {ROOT_KEY})"
+        ) from None
 
 
 class V2Cgroup(Cgroup):
     def __init__(self, path: Path) -> None:
         self.path = path
         self.name = path.name
-        self._peak_fd: int | None = None
-
-    @property
-    def accounting_files(self) -> tuple[str, str, str, str, str]:
-        peak = self.path / "memory.peak"
-        return (str(self.path / "cpu.stat"), str(self.path / "memory.current"),
-                str(peak if peak.exists() else self.path / "memory.current"),
-                str(self.path / "memory.max"), str(self.path / "memory.max"))
-
-    def start_program(self, memory_limit: int, baseline: int | None = None) -> int:
-        if baseline is None:
-            baseline = int(_read(self.path / "memory.current"))
-        _write(self.path / "memory.max", str(memory_limit + baseline))
-        # Linux 6.12: writing to memory.peak restarts it for reads through the same fd.
-        try:
-            fd = os.open(self.path / "memory.peak", os.O_RDWR | os.O_CLOEXEC)
-        except OSError:
-            return baseline
-        try:
-            os.write(fd, b"reset")
-        except OSError:
-            os.close(fd)
-        else:
-            self._peak_fd = fd
-        return baseline
-
-    def _peak(self) -> int:
-        if self._peak_fd is not None:
-            try:
-                return int(os.pread(self._peak_fd, 64, 0))
-            finally:
-                os.close(self._peak_fd)
-                self._peak_fd = None
-        try:
-            return int(_read(self.path / "memory.peak"))
-        except FileNotFoundError:  # kernels before 5.19 have no memory.peak
-            return int(_read(self.path / "memory.current"))
+        self.program = path / PROGRAM
+        self.keeper = path / KEEPER
 
     @property
     def procs_files(self) -> tuple[str, ...]:
-        return (str(self.path / "cgroup.procs"),)
+        # "No internal processes": with memory enabled for its children, the box itself
+        # holds none; D joins the keeper leaf.
+        return (str(self.keeper / "cgroup.procs"),)
+
+    @property
+    def program_procs_file(self) -> str:
+        return str(self.program / "cgroup.procs")
+
+    @property
+    def accounting_files(self) -> tuple[str, str, str, str]:
+        peak = self.program / "memory.peak"  # Linux 5.19
+        return (str(self.path / "cpu.stat"),
+                str(peak if peak.exists() else self.program / "memory.current"),
+                str(self.program / "memory.max"), str(self.program / "memory.max"))
 
     def cpu_ns(self) -> int:
-        return _keyed(_read(self.path / "cpu.stat"), "usage_usec") * 1000
+        return parse_cpu_usage_ns(_read(self.path / "cpu.stat"))
 
     def stats(self) -> CgroupStats:
+        events = _read(self.program / "memory.events")
+        stat = _read(self.program / "memory.stat")
         return CgroupStats(
             cpu_ns=self.cpu_ns(),
-            memory_peak_bytes=self._peak(),
-            oom_kills=_keyed(_read(self.path / "memory.events"), "oom_kill"),
-            file_cache_bytes=_file_cache(self.path / "memory.stat",
-                                         ("active_file", "inactive_file")),
+            memory_peak_bytes=int(_read(Path(self.accounting_files[1]))),
+            oom_kills=_keyed(events, "oom_kill"),
+            oom_events=_keyed(events, "oom"),
+            file_cache_bytes=_keyed(stat, "active_file") + _keyed(stat, "inactive_file"),
         )
 
     def pids(self) -> list[int]:
-        try:
-            return [int(p) for p in _read(self.path / "cgroup.procs").split()]
-        except FileNotFoundError:
-            return []
+        found: list[int] = []
+        for leaf in (self.keeper, self.program, self.path):
+            try:
+                found += [int(p) for p in _read(leaf / "cgroup.procs").split()]
+            except FileNotFoundError:
+                pass
+        return found
 
     def kill_all(self) -> None:
         if not self.path.exists():
@@ -265,51 +322,87 @@ class V2Cgroup(Cgroup):
             _freeze_kill_thaw(self.path / "cgroup.freeze", "1", "0", self.pids)
 
     def remove(self) -> None:
-        if self._peak_fd is not None:
-            os.close(self._peak_fd)
-            self._peak_fd = None
-        _rmdir_retry(self.path)
+        for path in (self.program, self.keeper, self.path):
+            _rmdir_retry(path)
 
 
 class V2Backend(CgroupBackend):
     version = "v2"
 
-    def __init__(self, mount: Path, base: str, *, move_self: bool) -> None:
+    def __init__(self, mount: Path, own: str, *, cgroup_root: str | None = None) -> None:
+        """`own`: the daemon's cgroup (boxes go below `<own>/sandboxd`), unless
+        `cgroup_root` is set: then boxes live directly below `<mount><cgroup_root>`."""
         super().__init__()
         self.mount = mount
-        self.base = mount / base.lstrip("/")
-        self.root = self.base / "sandboxd"
-        self.move_self = move_self
+        self.cgroup_root = cgroup_root
+        if cgroup_root is None:
+            self.base = mount / own.lstrip("/")
+            self.root = self.base / "sandboxd"
+        else:
+            _check_root(cgroup_root)
+            self.base = self.root = mount / cgroup_root.lstrip("/")
+        # Only a daemon creating below its own cgroup must leave it (no internal processes).
+        self.move_self = cgroup_root is None
 
-    def prepare(self) -> None:
-        available = _read(self.base / "cgroup.controllers").split()
+    def _prepare(self) -> None:
+        if self.cgroup_root is None:
+            self._prepare_own()
+        else:
+            self._prepare_root()
+
+    def _controllers(self, path: Path) -> list[str]:
+        try:
+            available = _read(path / "cgroup.controllers").split()
+        except OSError as e:
+            raise JailError(f"cannot read {path / 'cgroup.controllers'}: {_os_error(e)}") from None
         missing = [c for c in V2_CONTROLLERS if c not in available]
         if missing:
             raise JailError(
-                f"cgroup v2: {self.base} lacks controller(s) {' '.join(missing)}; "
-                "run under systemd with Delegate=yes or set sandbox.cgroup_root"
+                f"{path} lacks controller(s) {' '.join(missing)}; "
+                f"run under systemd with Delegate=yes or set {ROOT_KEY}"
             )
+        return available
+
+    def _prepare_own(self) -> None:
+        self._controllers(self.base)
         if self.move_self and self.base != self.mount:
             # No internal processes: our own cgroup must be empty before it can enable
             # controllers for its children, so the daemon moves into a leaf of its own.
             leaf = self.base / "daemon"
-            leaf.mkdir(exist_ok=True)
+            _mkdir(leaf, parents=False)
             for pid in _read(self.base / "cgroup.procs").split():
                 try:
                     _write(leaf / "cgroup.procs", pid)
                 except ProcessLookupError:
                     pass
-        enable = " ".join(f"+{c}" for c in V2_CONTROLLERS)
-        try:
-            _write(self.base / "cgroup.subtree_control", enable)
-            self.root.mkdir(exist_ok=True)
-            _write(self.root / "cgroup.subtree_control", enable)
-        except OSError as e:
-            raise JailError(
-                f"cgroup v2: cannot enable {enable} below {self.base}: {e.strerror} "
-                "(other processes in that cgroup? use systemd Delegate=yes or sandbox.cgroup_root)"
-            ) from None
-        self.sweep_stale()
+        _enable_all(self.base)
+        _mkdir(self.root, parents=False)
+        _enable_all(self.root)
+
+    def _prepare_root(self) -> None:
+        # Controllers reach a cgroup only through its parent's subtree_control: walk from
+        # the mount root down, creating what is missing, enabling only what is not yet on.
+        path = self.mount
+        for part in [None, *self.root.relative_to(self.mount).parts]:
+            if part is not None:
+                path = path / part
+                _mkdir(path, parents=False)
+            self._controllers(path)
+            control = path / "cgroup.subtree_control"
+            try:
+                enabled = _read(control).split()
+            except OSError as e:
+                raise JailError(f"cannot read {control}: {_os_error(e)}") from None
+            missing = " ".join(f"+{c}" for c in V2_CONTROLLERS if c not in enabled)
+            if not missing:
+                continue
+            try:
+                _write(control, missing)
+            except OSError as e:
+                hint = (" (that cgroup holds processes: no internal processes)"
+                        if e.errno == errno.EBUSY else "")
+                raise JailError(f"cannot enable {missing} in {control}: "
+                                f"{_os_error(e)}{hint}") from None
 
     def box_dirs(self) -> list[Path]:
         if not self.root.is_dir():
@@ -320,25 +413,34 @@ class V2Backend(CgroupBackend):
         return V2Cgroup(self.root / name)
 
     def create(self, limits: CgroupLimits) -> Cgroup:
-        path = self.root / self.new_name()
-        path.mkdir()
+        cgroup = V2Cgroup(self.root / self.new_name())
+        made: list[Path] = []
         try:
-            _write(path / "memory.max", str(limits.memory_bytes))
-            if (path / "memory.swap.max").exists():
-                _write(path / "memory.swap.max", "0")
-            _write(path / "pids.max", str(limits.processes))
+            cgroup.path.mkdir()
+            made.append(cgroup.path)
+            _write(cgroup.path / "pids.max", str(limits.processes))
             quota = max(1000, int(limits.cpu_share * CPU_PERIOD_US))
-            _write(path / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+            _write(cgroup.path / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+            _write(cgroup.path / "cgroup.subtree_control", "+memory")
+            for leaf, memory in ((cgroup.keeper, KEEPER_MEMORY_BYTES),
+                                 (cgroup.program, limits.memory_bytes)):
+                leaf.mkdir()
+                made.append(leaf)
+                _write(leaf / "memory.max", str(memory))
+                if (leaf / "memory.swap.max").exists():
+                    _write(leaf / "memory.swap.max", "0")
         except OSError:
-            os.rmdir(path)
+            for path in reversed(made):
+                os.rmdir(path)
             raise
-        return V2Cgroup(path)
+        return cgroup
 
 
 # --------------------------------------------------------------------------- v1
 
 
-def _freeze_kill_thaw(state_file: Path, frozen: str, thawed: str, pids) -> None:
+def _freeze_kill_thaw(state_file: Path, frozen: str, thawed: str,
+                      pids: Callable[[], list[int]]) -> None:
     """Freeze so nothing forks between listing and killing, SIGKILL all, thaw to let them die."""
     try:
         _write(state_file, frozen)
@@ -354,53 +456,50 @@ def _freeze_kill_thaw(state_file: Path, frozen: str, thawed: str, pids) -> None:
             pass
 
 
+def _distinct(paths: Iterable[Path]) -> tuple[Path, ...]:
+    return tuple(dict.fromkeys(paths))
+
+
 class V1Cgroup(Cgroup):
     def __init__(self, dirs: dict[str, Path]) -> None:
+        """`dirs`: controller -> directory; co-mounted controllers share one."""
         self.dirs = dirs
+        self.distinct_dirs = _distinct(dirs.values())
         self.name = dirs["memory"].name
+        self.program = dirs["memory"] / PROGRAM
+        self.keeper = dirs["memory"] / KEEPER
 
     @property
     def procs_files(self) -> tuple[str, ...]:
-        return tuple(str(d / "cgroup.procs") for d in self.dirs.values())
-
-    def cpu_ns(self) -> int:
-        return int(_read(self.dirs["cpuacct"] / "cpuacct.usage"))
+        # In the memory hierarchy (whatever is co-mounted with it) D joins the keeper.
+        return tuple(str((self.keeper if d == self.dirs["memory"] else d) / "cgroup.procs")
+                     for d in self.distinct_dirs)
 
     @property
-    def accounting_files(self) -> tuple[str, str, str, str, str]:
-        memory = self.dirs["memory"]
-        memsw = memory / "memory.memsw.limit_in_bytes"
-        limit = memory / "memory.limit_in_bytes"
+    def program_procs_file(self) -> str:
+        return str(self.program / "cgroup.procs")
+
+    @property
+    def accounting_files(self) -> tuple[str, str, str, str]:
+        memsw = self.program / "memory.memsw.limit_in_bytes"
+        limit = self.program / "memory.limit_in_bytes"
         return (str(self.dirs["cpuacct"] / "cpuacct.usage"),
-                str(memory / "memory.usage_in_bytes"),
-                str(memory / "memory.max_usage_in_bytes"),
+                str(self.program / "memory.max_usage_in_bytes"),
                 str(limit), str(memsw if memsw.exists() else limit))
 
-    def start_program(self, memory_limit: int, baseline: int | None = None) -> int:
-        memory = self.dirs["memory"]
-        if baseline is None:
-            baseline = int(_read(memory / "memory.usage_in_bytes"))
-        limit = str(memory_limit + baseline)
-        # Raising: memsw (memory + swap) first, as it may never be below the memory limit.
-        memsw = memory / "memory.memsw.limit_in_bytes"
-        lowering = int(limit) < int(_read(memory / "memory.limit_in_bytes"))
-        # memsw (memory + swap) may never be below the memory limit: order the writes.
-        if memsw.exists() and not lowering:
-            _write(memsw, limit)
-        _write(memory / "memory.limit_in_bytes", limit)
-        if memsw.exists() and lowering:
-            _write(memsw, limit)
-        _write(memory / "memory.max_usage_in_bytes", "0")  # restart the peak from now
-        return baseline
+    def cpu_ns(self) -> int:
+        return parse_cpu_usage_ns(_read(self.dirs["cpuacct"] / "cpuacct.usage"))
 
     def stats(self) -> CgroupStats:
-        memory = self.dirs["memory"]
+        oom_kills = _keyed(_read(self.program / "memory.oom_control"), "oom_kill")
+        stat = _read(self.program / "memory.stat")
         return CgroupStats(
             cpu_ns=self.cpu_ns(),
-            memory_peak_bytes=int(_read(memory / "memory.max_usage_in_bytes")),
-            oom_kills=_keyed(_read(memory / "memory.oom_control"), "oom_kill"),
-            file_cache_bytes=_file_cache(memory / "memory.stat",
-                                         ("total_active_file", "total_inactive_file")),
+            memory_peak_bytes=int(_read(self.program / "memory.max_usage_in_bytes")),
+            oom_kills=oom_kills,
+            oom_events=oom_kills,  # v1 counts no separate "limit hit" event
+            file_cache_bytes=(_keyed(stat, "total_active_file")
+                              + _keyed(stat, "total_inactive_file")),
         )
 
     def pids(self) -> list[int]:
@@ -415,47 +514,63 @@ class V1Cgroup(Cgroup):
                               self.pids)
 
     def remove(self) -> None:
-        for path in self.dirs.values():
+        for path in (self.program, self.keeper, *self.distinct_dirs):
             _rmdir_retry(path)
 
 
 class V1Backend(CgroupBackend):
     version = "v1"
 
-    def __init__(self, hierarchies: dict[str, Path]) -> None:
-        """`hierarchies` maps each controller to the directory boxes live under."""
+    def __init__(self, mounts: dict[str, Path], own: dict[str, str], *,
+                 cgroup_root: str | None = None) -> None:
+        """`mounts`: controller -> its hierarchy's mount point (co-mounted controllers:
+        the same one); `own`: controller -> the daemon's cgroup. Boxes go below
+        `<own>/sandboxd`, or directly below `<cgroup_root>` when that is set."""
         super().__init__()
-        self.roots = {c: path / "sandboxd" for c, path in hierarchies.items()}
+        self.cgroup_root = cgroup_root
+        if cgroup_root is not None:
+            _check_root(cgroup_root)
+        self.roots: dict[str, Path] = {}
+        for c in V1_CONTROLLERS:
+            # A symlinked mount point (systemd's cpu -> cpu,cpuacct) is the same hierarchy.
+            mount = Path(os.path.realpath(mounts[c]))
+            if cgroup_root is None:
+                self.roots[c] = mount / own.get(c, "/").lstrip("/") / "sandboxd"
+            else:
+                self.roots[c] = mount / cgroup_root.lstrip("/")
+        self.root_dirs = _distinct(self.roots.values())
 
-    def prepare(self) -> None:
-        for root in self.roots.values():
-            root.mkdir(exist_ok=True)
-        self.sweep_stale()
+    def _prepare(self) -> None:
+        for root in self.root_dirs:
+            # Our own cgroup exists; a configured root may need its parents created.
+            _mkdir(root, parents=self.cgroup_root is not None)
 
     def box_dirs(self) -> list[Path]:
         names: set[str] = set()
-        for root in self.roots.values():
+        for root in self.root_dirs:
             if root.is_dir():
                 names.update(p.name for p in root.iterdir()
                              if p.is_dir() and p.name.startswith("box-"))
         return [self.roots["memory"] / n for n in sorted(names)]
 
     def open(self, name: str) -> Cgroup:
-        return V1Cgroup({c: root / name for c, root in self.roots.items()})
+        return V1Cgroup(self._dirs(name))
 
     def create(self, limits: CgroupLimits) -> Cgroup:
-        name = self.new_name()
-        cgroup = V1Cgroup({c: root / name for c, root in self.roots.items()})
+        cgroup = V1Cgroup(self._dirs(self.new_name()))
         made: list[Path] = []
         try:
-            for path in cgroup.dirs.values():
+            for path in cgroup.distinct_dirs:
                 path.mkdir()
                 made.append(path)
-            memory = cgroup.dirs["memory"]
-            _write(memory / "memory.limit_in_bytes", str(limits.memory_bytes))
-            if (memory / "memory.memsw.limit_in_bytes").exists():
-                # memsw = memory + swap; equal to the memory limit means no swap at all.
-                _write(memory / "memory.memsw.limit_in_bytes", str(limits.memory_bytes))
+            for leaf, memory in ((cgroup.keeper, KEEPER_MEMORY_BYTES),
+                                 (cgroup.program, limits.memory_bytes)):
+                leaf.mkdir()
+                made.append(leaf)
+                _write(leaf / "memory.limit_in_bytes", str(memory))
+                if (leaf / "memory.memsw.limit_in_bytes").exists():
+                    # memsw = memory + swap; equal to the memory limit: no swap at all.
+                    _write(leaf / "memory.memsw.limit_in_bytes", str(memory))
             _write(cgroup.dirs["pids"] / "pids.max", str(limits.processes))
             cpu = cgroup.dirs["cpu"]
             _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
@@ -465,6 +580,9 @@ class V1Backend(CgroupBackend):
                 os.rmdir(path)
             raise
         return cgroup
+
+    def _dirs(self, name: str) -> dict[str, Path]:
+        return {c: root / name for c, root in self.roots.items()}
 
 
 # --------------------------------------------------------------------------- detection
@@ -481,7 +599,7 @@ def _own_cgroups() -> dict[str, str]:
     return own
 
 
-def _v2_mount(mounts) -> Path | None:
+def _v2_mount(mounts: list[tuple[str, str, str]]) -> Path | None:
     for point, fstype, _ in mounts:
         if fstype == "cgroup2":
             path = Path(point)
@@ -495,13 +613,16 @@ def _v2_mount(mounts) -> Path | None:
 
 
 def detect(version: str = "auto", root: str | None = None) -> CgroupBackend:
-    """The backend this host supports ("auto": v2 when its controllers are usable, else v1)."""
+    """The backend this host supports ("auto": v2 when its controllers are usable, else v1).
+    `root`: the configured `sandbox.cgroup_root`, or None for below our own cgroup."""
+    if root is not None:
+        _check_root(root)
     mounts = _mountinfo()
     own = _own_cgroups()
     if version in ("auto", "v2"):
         mount = _v2_mount(mounts)
         if mount is not None:
-            return V2Backend(mount, root or own.get("", "/"), move_self=root is None)
+            return V2Backend(mount, own.get("", "/"), cgroup_root=root)
         if version == "v2":
             raise JailError("cgroup v2 requested, but no cgroup2 mount has cpu, memory and pids")
     v1_points = {}
@@ -516,6 +637,4 @@ def detect(version: str = "auto", root: str | None = None) -> CgroupBackend:
             "no usable cgroups: cgroup2 lacks cpu/memory/pids and cgroup v1 lacks "
             + " ".join(missing)
         )
-    return V1Backend({
-        c: v1_points[c] / (root or own.get(c, "/")).lstrip("/") for c in V1_CONTROLLERS
-    })
+    return V1Backend(v1_points, own, cgroup_root=root)

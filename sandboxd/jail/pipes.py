@@ -6,11 +6,15 @@
              the whole output cap
     3        report pipe (close-on-exec)            read end (`ReportReader`)
     4        go pipe (close-on-exec)                write end
-    6, 7     cgroup CPU / memory counters, read-only (close-on-exec), for the box's init
-    8        cgroup memory peak, read-write: the   its own copy (same open file: a v2
-             init restarts it at execve            peak reset is per open file)
-    9, 10    cgroup memory limit files, write-only (v1 memory.limit_in_bytes and
-             memsw.limit_in_bytes, v2 memory.max twice): the init narrows the limit
+    6        the box's CPU counter, read-only       nothing
+    7        the program's memory peak,             its own copy (same open file: a v2
+             read-write: restarted at execve        peak reset is per open file)
+    8, 9     the program's memory limit files,      nothing
+             write-only: narrowed at execve
+    10       the program's cgroup.procs, write-     nothing
+             only: the program moves itself in
+    (6-10 are close-on-exec and used by the box's init and the program before execve;
+    see cgroup.py, accounting_files)
 
 Output pipes hold the whole cap: a runtime that writes its output and exits at once
 (Node.js drops pending pipe writes on `process.exit`) never waits for the daemon, so
@@ -70,7 +74,7 @@ class BoxFds:
     """Every descriptor of one box, opened all-or-nothing (see module docstring)."""
 
     def __init__(self, stdin: bytes, output_cap: int, merge_stderr: bool,
-                 accounting: tuple[str, str, str, str, str]) -> None:
+                 accounting: tuple[str, str, str, str], program_procs: str) -> None:
         self._opened: list[int] = []
         try:
             self.stdin = self._keep(sealed_stdin(stdin))
@@ -82,12 +86,13 @@ class BoxFds:
                 self.err_r, self.err_w = self._keep_pair(output_pipe(output_cap))
             self.rep_r, self.rep_w = self._keep_pair(os.pipe2(os.O_CLOEXEC))
             self.go_r, self.go_w = self._keep_pair(os.pipe2(os.O_CLOEXEC))
-            cpu, memory, peak, limit, limit2 = accounting
+            cpu, peak, limit, limit2 = accounting
             self.cpu_usage = self._keep(os.open(cpu, os.O_RDONLY | os.O_CLOEXEC))
-            self.memory_usage = self._keep(os.open(memory, os.O_RDONLY | os.O_CLOEXEC))
             self.memory_peak = self._keep(os.open(peak, os.O_RDWR | os.O_CLOEXEC))
             self.limits = [self._keep(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
                            for path in (limit, limit2)]
+            self.program_procs = self._keep(os.open(program_procs,
+                                                    os.O_WRONLY | os.O_CLOEXEC))
         except BaseException:
             self.close_all()
             raise
@@ -104,7 +109,7 @@ class BoxFds:
     def child_ends(self) -> list[int]:
         """In protocol.FD_* order, as sent to the fork server."""
         return [self.stdin, self.out_w, self.err_w, self.rep_w, self.go_r, self.cpu_usage,
-                self.memory_usage, self.memory_peak, *self.limits]
+                self.memory_peak, *self.limits, self.program_procs]
 
     def close_child_ends(self) -> None:
         """The box has its copies now (or never will): ours go (the peak stays open)."""

@@ -10,15 +10,14 @@
                                 write uid/gid maps
                                 USERMAP_ACK ------------------->  fork I
                             <-- SPAWNED {pid of D}               I: setsid, mounts,
-                                                                    pivot_root, lo up
+                                                                    pivot_root, lo up,
+                                                                    fork P (waits)
                         <------------------------------------- STARTED   (report pipe)
     CPU counter (all asleep)
-    GO (go pipe) ----------------------------------------------> I forks P: identity,
-                                                                 caps, nnp, seccomp,
-                                                                 execve
-                        <------------------------------------- EXECED {P's pre-exec CPU,
-                                                                 memory counter at exec}
-    memory limit, peak reset
+    GO (go pipe) ----------------------------------------------> I releases P: program
+                                                                 cgroup, identity, caps,
+                                                                 nnp, seccomp, execve
+                        <------------------------------------- EXECED {P's pre-exec CPU}
                         <------------------------------------- REFUSED {bytes} (an over-
                                                                  limit allocation, if any)
                         <------------------------------------- EXITED {wait status, CPU
@@ -43,8 +42,8 @@ USERMAP_PLS = b"U"
 USERMAP_ACK = b"A"
 GO = b"G"
 # Descriptor order of a SPAWN request (SCM_RIGHTS).
-# stdin, stdout, stderr, report, go; the cgroup's CPU counter, memory counter, memory
-# peak, and two memory limit files (v1 memory + memsw, or v2 memory.max twice).
+# stdin, stdout, stderr, report, go; the box's CPU counter, the program's memory peak,
+# its two memory limit files (v1 memory + memsw, v2 memory.max twice), its cgroup.procs.
 SPAWN_FDS = 10
 
 
@@ -68,7 +67,6 @@ class Report:
     started: bool = False
     execed: bool = False
     pre_exec_cpu_ns: int = 0
-    exec_memory_bytes: int = 0
     limit_errno: int = 0  # setting the program's memory limit failed (EBUSY: over it)
     wait_status: int | None = None
     wall_ns: int | None = None
@@ -92,7 +90,6 @@ def parse_report(raw: bytes) -> Report:
             fields["started"] = True
         elif kind == "EXECED":
             fields.update(execed=True, pre_exec_cpu_ns=msg["pre_exec_cpu_ns"],
-                          exec_memory_bytes=msg["memory_bytes"],
                           limit_errno=msg["limit_errno"])
         elif kind == "EXITED":
             fields.update(wait_status=msg["status"], wall_ns=msg["wall_ns"],

@@ -44,22 +44,25 @@ I — PID 1, uid 0 inside (the keeper id), capabilities only inside the box
   loopback      `lo` up in the new network namespace
   hostname      "sandbox"
   dumpable      off: nothing in the box may read I's memory or descriptors via /proc
+  fork          P, the program, which waits to be released. The program is never
+                PID 1: the kernel ignores default-action signals sent to an init, so
+                abort() would not die
   go            STARTED to the supervisor, which notes the CPU counter while every box
-                process sleeps, and answers GO
-  fork          P, the program. The program is never PID 1: the kernel ignores
-                default-action signals sent to an init, so abort() would not die
-  exec          execve closes a close-on-exec pipe of P's: I then reads P's CPU clock
-                and the memory counter, narrows the memory limit from the setup's
-                headroom to usage + limit, restarts the memory peak and reports
-                EXECED: the program's numbers and limit start exactly at its execve
+                process sleeps, and answers GO; I then releases P
+  exec          execve closes a close-on-exec pipe of P's: I then reads P's CPU clock,
+                narrows the program's memory limit from the setup's headroom to the
+                limit, restarts its memory peak and reports EXECED: the program's
+                numbers and limit start exactly at its execve
   reap          reap every child and answer P's over-limit allocations with ENOMEM
                 (seccomp.py); when P ends (or stops itself: then as if killed by the
                 stop signal), read the CPU counter, send EXITED, exit: the kernel then
                 kills whatever else is left in the PID namespace
 P — the program
+  release       wait for I's word (after GO)
+  cgroup        into the program's memory cgroup (cgroup.py): from here on the memory
+                limit and the OOM killer see the program's processes only, never D or I
   signals       every signal to its default disposition, empty mask (whatever the
                 daemon's launcher ignored must not leak into the program)
-  oom           oom_score_adj 1000: in an OOM the kernel picks the program, never I or D
   cwd           the working directory
   data          RLIMIT_DATA when the spec asks (here, not in D: D and I are interpreters)
   bounding      empty capability bounding set (needs CAP_SETPCAP: before `identity`)
@@ -88,15 +91,17 @@ import prctl
 
 from . import _libc as L
 from . import mounts, netns, protocol
+from .cgroup import parse_cpu_usage_ns
 from .spec import BOX_HOSTNAME, BOX_UID, JailSpec
 
 REPORT_FD = 3
 GO_FD = 4
 SYNC_FD = 5
-CPU_USAGE_FD = 6  # the box cgroup's CPU counter, opened read-only by the supervisor
-MEMORY_USAGE_FD = 7  # ... and its memory counter
-MEMORY_PEAK_FD = 8  # ... and its memory high-water mark (read-write: reset at execve)
-MEMORY_LIMIT_FDS = (9, 10)  # ... and its memory limit files, write-only (v1: memory, memsw)
+# Cgroup files, opened by the supervisor (see cgroup.py, accounting_files):
+CPU_USAGE_FD = 6  # the box's CPU counter, read-only
+MEMORY_PEAK_FD = 7  # the program's memory high-water mark, read-write: reset at execve
+MEMORY_LIMIT_FDS = (8, 9)  # the program's memory limit files, write-only
+PROGRAM_PROCS_FD = 10  # the program's memory cgroup's cgroup.procs, write-only
 LAST_FD = 10
 with open("/proc/sys/kernel/cap_last_cap") as _f:
     CAP_LAST = int(_f.read())  # read once in the fork server: P has no /proc of the host
@@ -134,15 +139,6 @@ def _step(name: str, fn, *args):
 
 def _read_counter(fd: int) -> str:
     return os.pread(fd, 4096, 0).decode()
-
-
-def _parse_cpu_ns(text: str) -> int:
-    # v1 cpuacct.usage: nanoseconds; v2 cpu.stat: "usage_usec N" among other lines.
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if key == "usage_usec":
-            return int(value) * 1000
-    return int(text)
 
 
 # ------------------------------------------------------------------------------ D
@@ -294,7 +290,7 @@ def _await_exec(exec_r: int, program: int) -> int | None:
 
 
 def _narrow_memory_limit(limit: int) -> int:
-    """From setup headroom to exactly the program's limit on top of the usage at execve.
+    """From the setup's headroom to exactly the program's limit.
 
     Lowering: the memory limit before v1's memsw (which may never be below it). Returns
     0, or the errno (v1 EBUSY: the program is over the new limit already).
@@ -397,30 +393,34 @@ def _init(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, lifeline: int) -> N
     _step("loopback", netns.loopback_up)
     _step("hostname", _hostname)
     _step("dumpable", prctl.set_dumpable, False)
-    _step("go", _ready_set_go)
-    init_cpu_start = time.clock_gettime_ns(time.CLOCK_PROCESS_CPUTIME_ID)
     exec_r, exec_w = _step("exec pipe", os.pipe2, os.O_CLOEXEC)
+    release_r, release_w = _step("release pipe", os.pipe2, os.O_CLOEXEC)
     ours, theirs = _step("listener socket", socket.socketpair, socket.AF_UNIX,
                          socket.SOCK_SEQPACKET)
     program = _step("fork", os.fork)
     if program == 0:
         os.close(exec_r)
+        os.close(release_w)
         ours.close()
-        _program(spec, bpf, exec_w, theirs)
+        _program(spec, bpf, exec_w, theirs, release_r)
     os.close(exec_w)
+    os.close(release_r)
     theirs.close()
+    _step("go", _ready_set_go)
+    init_cpu_start = time.clock_gettime_ns(time.CLOCK_PROCESS_CPUTIME_ID)
+    os.write(release_w, protocol.GO)
+    os.close(release_w)
     refusals = _Refusals(_receive_listener(ours))
     pre_exec_ns = _await_exec(exec_r, program)
     started = time.monotonic_ns()
     if pre_exec_ns is not None:
-        memory = int(_read_counter(MEMORY_USAGE_FD))
-        limit_errno = _narrow_memory_limit(memory + spec.limits.memory_bytes)
+        limit_errno = _narrow_memory_limit(spec.limits.memory_bytes)
         _restart_peak()
         protocol.report(REPORT_FD, {"kind": "EXECED", "pre_exec_cpu_ns": pre_exec_ns,
-                                    "memory_bytes": memory, "limit_errno": limit_errno})
+                                    "limit_errno": limit_errno})
     status = _reap_until_program_ends(program, refusals)
     wall = time.monotonic_ns() - started
-    cpu = _parse_cpu_ns(_read_counter(CPU_USAGE_FD))
+    cpu = parse_cpu_usage_ns(_read_counter(CPU_USAGE_FD))
     init_cpu = time.clock_gettime_ns(time.CLOCK_PROCESS_CPUTIME_ID) - init_cpu_start
     protocol.report(REPORT_FD, {
         "kind": "EXITED", "status": status, "wall_ns": wall, "cpu_ns": cpu,
@@ -432,15 +432,9 @@ def _init(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, lifeline: int) -> N
 # ------------------------------------------------------------------------------ P
 
 
-def _oom_first() -> None:
-    # Our own /proc files belong to root while we are not dumpable (D's keeper switch
-    # cleared it): become dumpable to open oom_score_adj; `identity` clears it again.
-    prctl.set_dumpable(True)
-    fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
-    try:
-        os.write(fd, b"1000")  # raising needs no privilege; the program may not lower it
-    finally:                   # below 0, so I and D (at 0) are never picked before it
-        os.close(fd)
+def _join_program_cgroup() -> None:
+    os.write(PROGRAM_PROCS_FD, b"0")  # "0": the writing process itself
+    os.close(PROGRAM_PROCS_FD)
 
 
 def _signals() -> None:
@@ -486,9 +480,17 @@ def _seccomp(bpf: bytes, to_init: socket.socket) -> None:
     to_init.close()
 
 
-def _program(spec: JailSpec, bpf: bytes, exec_w: int, to_init: socket.socket) -> NoReturn:
+def _released(release: int) -> None:
+    if os.read(release, 1) != protocol.GO:
+        raise OSError(errno.ECANCELED, "the init did not release the program")
+    os.close(release)
+
+
+def _program(spec: JailSpec, bpf: bytes, exec_w: int, to_init: socket.socket,
+             release: int) -> NoReturn:
+    _step("release", _released, release)
+    _step("cgroup", _join_program_cgroup)
     _step("signals", _signals)
-    _step("oom", _oom_first)
     _step("cwd", os.chdir, spec.cwd)
     _step("data", _data_limit, spec.limits.data_bytes)
     _step("bounding", _bounding_set)

@@ -15,8 +15,9 @@ at STARTED, while every box process sleeps (so the counter is up to date); the i
 reports the program's own CPU time before execve (EXECED) and its own CPU time
 after GO (EXITED), and reads the counter again when the program ends. The program's
 CPU time is the counter's difference less those two: only what ran from the
-program's execve on. Memory: the limit becomes "usage at execve + memory limit" and
-the init restarts the peak at the execve; setup runs under the limit plus `SETUP_HEADROOM_BYTES`.
+program's execve on. Memory: the program has a memory cgroup of its own (cgroup.py);
+its limit is the setup's headroom (`SETUP_HEADROOM_BYTES`) until the execve, when the
+init narrows it to the exact limit and restarts the peak.
 
 Whatever ends the run, every process of the box is killed through the cgroup
 (v2 cgroup.kill, v1 freeze + SIGKILL + thaw), the cgroup is removed, and only
@@ -222,7 +223,6 @@ class _BoxRun:
         self.go_sent = False
         self.cpu_at_go = 0  # the cgroup's CPU counter at STARTED, every box process asleep
         self.cpu_baseline_ns = 0  # ... plus P's own CPU before execve (EXECED)
-        self.memory_baseline = 0
         self.started_at: float | None = None  # monotonic time of EXECED
         self.killed = False
         # Why we ended the box before its program did (a limit, the setup timeout), if so.
@@ -252,7 +252,6 @@ class _BoxRun:
         elif kind == "EXECED" and self.started_at is None:
             self.started_at = time.monotonic()
             self.cpu_baseline_ns = self.cpu_at_go + message["pre_exec_cpu_ns"]
-            self.memory_baseline = message["memory_bytes"]
             if message["limit_errno"]:
                 # v1 refuses a limit below the usage (EBUSY): the program is over it
                 # already. Any other errno is the sandbox's failure: ended either way.
@@ -266,7 +265,7 @@ class _BoxRun:
 
     async def run(self) -> JailOutcome:
         self.fds = fds = BoxFds(self.spec.stdin, self.limits.output_bytes, self.spec.merge_stderr,
-                     self.box.accounting_files)
+                     self.box.accounting_files, self.box.program_procs_file)
         kills = self.limits.output_overflow_kills
         try:
             self.stdout = OutputReader(fds.out_r, self.limits.output_bytes, kills=kills,
@@ -349,11 +348,10 @@ class _BoxRun:
     def _program_memory(self, report: protocol.Report, stats: cg.CgroupStats) -> int:
         if not report.execed:
             return 0
-        # Peak since execve less the usage at execve, less the page cache of files the
-        # box merely read (reclaimable: never what runs a program out of memory).
-        # (Not ru_maxrss: the kernel carries the forked interpreter's RSS over execve.)
-        charged = self.fds.read_peak() - report.exec_memory_bytes - stats.file_cache_bytes
-        return max(0, charged)
+        # The peak of the program's own memory cgroup since its execve, less the page
+        # cache of files it merely read (reclaimable: never what runs a program out of
+        # memory). D and the init are in a cgroup of their own: nothing to subtract.
+        return max(0, self.fds.read_peak() - stats.file_cache_bytes)
 
     def _setup_error(self, report: protocol.Report, oom: bool) -> str | None:
         """Why the sandbox itself failed, or None when the program's fate is known."""

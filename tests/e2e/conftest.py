@@ -18,6 +18,8 @@ import pytest
 
 from tests.conftest import require_kernel
 
+STATE_DIR = "/run/sandboxd-test"  # shared by test daemons: one private ws mount
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -31,6 +33,15 @@ class Daemon:
     process: subprocess.Popen
     state_dir: str
     port: int
+    log_path: Path | None = None
+
+    def output(self) -> str:
+        """What the daemon printed so far (its log file), or all of it once it exited."""
+        if self.log_path is not None:
+            return self.log_path.read_text(errors="replace")
+        if self.process.poll() is not None and self.process.stdout is not None:
+            return self.process.stdout.read().decode(errors="replace")
+        return "<output not available while it runs>"
 
     def request(self, method: str, path: str, body: object = None, raw: bytes | None = None,
                 timeout: float = 60) -> tuple[int, dict | list, dict]:
@@ -50,21 +61,34 @@ class Daemon:
         return body
 
 
-def start_daemon(tmp_path: Path, extra_config: str = "") -> Daemon:
+def start_daemon(tmp_path: Path, extra_config: str = "", *, state_dir: str = STATE_DIR,
+                 config_text: str | None = None, preexec_fn=None,
+                 log_name: str | None = None) -> Daemon:
+    """A daemon on a free port. `extra_config` is appended to its `[sandbox]` table;
+    `config_text` replaces the whole file (then `state_dir` is not written for it).
+    With `log_name` the daemon's output goes to that file in `tmp_path` (never a pipe
+    nobody reads while a long test runs) and `stop_daemon` returns its content."""
     port = free_port()
-    state_dir = "/run/sandboxd-test"
     config = tmp_path / f"sandboxd-{port}.toml"
-    config.write_text(f'[sandbox]\nstate_dir = "{state_dir}"\n{extra_config}')
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sandboxd", "serve", "--listen", f"127.0.0.1:{port}",
-         "--config", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    daemon = Daemon(f"http://127.0.0.1:{port}", process, state_dir, port)
+    if config_text is None:
+        config_text = f'[sandbox]\nstate_dir = "{state_dir}"\n{extra_config}'
+    config.write_text(config_text)
+    log = open(tmp_path / log_name, "wb") if log_name else None  # noqa: SIM115
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sandboxd", "serve", "--listen", f"127.0.0.1:{port}",
+             "--config", str(config)],
+            stdout=log or subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=preexec_fn,
+        )
+    finally:
+        if log is not None:
+            log.close()
+    daemon = Daemon(f"http://127.0.0.1:{port}", process, state_dir, port,
+                    log_path=tmp_path / log_name if log_name else None)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"daemon exited: {process.stdout.read().decode()}")
+            raise RuntimeError(f"daemon exited: {daemon.output()}")
         try:
             if daemon.request("GET", "/health", timeout=2)[0] == 200:
                 return daemon
@@ -72,13 +96,14 @@ def start_daemon(tmp_path: Path, extra_config: str = "") -> Daemon:
             pass
         time.sleep(0.1)
     process.kill()
-    raise RuntimeError("daemon did not become healthy within 60 s")
+    process.wait()
+    raise RuntimeError(f"daemon did not become healthy within 60 s: {daemon.output()}")
 
 
-def stop_daemon(daemon: Daemon) -> str:
-    daemon.process.send_signal(signal.SIGTERM)
+def stop_daemon(daemon: Daemon, sig: int = signal.SIGTERM) -> str:
+    daemon.process.send_signal(sig)
     out, _ = daemon.process.communicate(timeout=60)
-    return out.decode()
+    return daemon.output() if daemon.log_path is not None else out.decode()
 
 
 @pytest.fixture(scope="module")

@@ -146,7 +146,7 @@ def _box_dirs(sandbox) -> list[Path]:
 def _box_cgroup_dirs(sandbox) -> list[Path]:
     """Our box directories in every hierarchy (box_dirs() names one per box)."""
     backend = sandbox.cgroups
-    roots = list(backend.roots.values()) if backend.version == "v1" else [backend.root]
+    roots = list(backend.root_dirs) if backend.version == "v1" else [backend.root]
     return _own(sorted(p for r in roots if r.is_dir() for p in r.iterdir() if p.is_dir()))
 
 
@@ -250,8 +250,8 @@ async def test_nothing_leaks_over_200_mixed_concurrent_runs(execute, sandbox):
 
 
 def _stale_dirs(backend, name: str) -> list[Path]:
-    if backend.version == "v1":
-        return [root / name for root in backend.roots.values()]
+    if backend.version == "v1":  # each hierarchy once (co-mounted controllers share one)
+        return [root / name for root in backend.root_dirs]
     return [backend.root / name]
 
 

@@ -4,11 +4,21 @@
 tell the difference, as checked on a real 6.x kernel:
 
 - mkdir of a cgroup creates its interface files (with the kernel's initial values);
+  mkdir of an existing cgroup fails with EEXIST;
 - rmdir removes a cgroup with its interface files, but fails with EBUSY while
   processes are in it (`cgroup.procs` not empty) or child cgroups exist;
 - opening an interface file that does not exist for writing fails with EACCES (kernfs
   has no `create`), and with ENOENT when the cgroup directory itself is gone;
-- every write is recorded, so tests check what the backend told the "kernel", in order.
+- v2: a new cgroup's `cgroup.controllers` are its parent's `cgroup.subtree_control`;
+  writing "+c" there fails with ENOENT unless c is in the cgroup's own
+  `cgroup.controllers`, and with EBUSY if the (non-root) cgroup holds processes; the
+  file then reads "cpu memory pids" (kernel order, no "+"); writing a pid into a
+  `cgroup.procs` moves it out of every other cgroup;
+- v1 memory: the limit may never exceed the memsw limit and vice versa (EINVAL), a
+  limit below the usage is refused with EBUSY (nothing reclaimable without swap), and
+  writing to `memory.max_usage_in_bytes` resets it to the usage;
+- every write, mkdir and rmdir is recorded, so tests check what the backend told the
+  "kernel", in order, and how often.
 
 The test plays the kernel for everything else: it writes the statistics files and
 removes pids from `cgroup.procs` the way the kernel would.
@@ -33,6 +43,7 @@ from sandboxd.jail.spec import JailError
 
 MIB = 1024 * 1024
 DEAD_PID = 999_999  # above any pid_max default (32768 / 4194304 is allowed, so we check)
+KERNEL_ORDER = ("cpuset", "cpu", "io", "memory", "hugetlb", "pids", "rdma", "misc")
 
 
 def _dead_pid() -> int:
@@ -61,6 +72,8 @@ def v2_files(*, controllers: str = "cpu memory pids", swap: bool = True, peak: b
             "memory.max": "max\n",
             "memory.current": "0\n",
             "memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n",
+            "memory.stat": "anon 0\nfile 0\nactive_anon 0\ninactive_anon 0\n"
+                           "active_file 0\ninactive_file 0\n",
             "pids.max": "max\n",
             "pids.current": "0\n",
             "cpu.max": "max 100000\n",
@@ -84,6 +97,9 @@ V1_FILES = {
         "memory.usage_in_bytes": "0\n",
         "memory.max_usage_in_bytes": "0\n",
         "memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
+        "memory.stat": "cache 0\nrss 0\nactive_anon 0\ninactive_anon 0\nactive_file 0\n"
+                       "inactive_file 0\ntotal_cache 0\ntotal_rss 0\ntotal_active_anon 0\n"
+                       "total_inactive_anon 0\ntotal_active_file 0\ntotal_inactive_file 0\n",
     },
     "cpu": {"cpu.cfs_period_us": "100000\n", "cpu.cfs_quota_us": "-1\n", "cpu.shares": "1024\n"},
     "cpuacct": {"cpuacct.usage": "0\n"},
@@ -94,12 +110,14 @@ V1_FILES = {
 
 def v1_files(root: Path, *, memsw: bool = True,
              missing: tuple[str, ...] = ()) -> Callable[[Path], dict[str, str]]:
-    """Interface files of a v1 cgroup; the hierarchy is the first component below `root`."""
+    """Interface files of a v1 cgroup; the hierarchy is the first component below `root`
+    (a co-mounted hierarchy such as "cpu,cpuacct" has every one of its controllers' files)."""
 
     def files(cgroup: Path) -> dict[str, str]:
-        controller = cgroup.relative_to(root).parts[0]
-        f = {"cgroup.procs": "", "tasks": "", "notify_on_release": "0\n",
-             **V1_FILES.get(controller, {})}
+        hierarchy = cgroup.relative_to(root).parts[0]
+        f = {"cgroup.procs": "", "tasks": "", "notify_on_release": "0\n"}
+        for controller in hierarchy.split(","):
+            f.update(V1_FILES.get(controller, {}))
         if not memsw:
             f.pop("memory.memsw.limit_in_bytes", None)
         for name in missing:
@@ -109,12 +127,21 @@ def v1_files(root: Path, *, memsw: bool = True,
     return files
 
 
+def _oserror(code: int, path: os.PathLike | str) -> OSError:
+    return OSError(code, os.strerror(code), str(path))
+
+
 class FakeCgroupFs:
-    def __init__(self, root: Path, files: Callable[[Path], dict[str, str]]) -> None:
+    def __init__(self, root: Path, files: Callable[[Path], dict[str, str]], *,
+                 v2: bool = False) -> None:
         self.root = root
         self.files = files
+        self.v2 = v2
         self.writes: list[tuple[str, str]] = []  # (path relative to root, value)
+        self.mkdirs: list[str] = []  # every mkdir of a new cgroup (relative to root)
+        self.rmdirs: list[str] = []  # every rmdir attempted (relative to root)
         self.removed: list[tuple[str, dict[str, str]]] = []  # (cgroup, its files at rmdir)
+        self.refuse_mkdir: dict[str, int] = {}  # relative path -> errno mkdir fails with
 
     def owns(self, path: os.PathLike | str) -> bool:
         p = Path(os.path.abspath(path))
@@ -124,11 +151,59 @@ class FakeCgroupFs:
         return str(Path(os.path.abspath(path)).relative_to(self.root))
 
     def populate(self, cgroup: Path) -> None:
-        for name, content in self.files(cgroup).items():
+        files = self.files(cgroup)
+        if self.v2 and cgroup != self.root:
+            parent_control = cgroup.parent / "cgroup.subtree_control"
+            files["cgroup.controllers"] = (parent_control.read_text()
+                                           if parent_control.exists() else "")
+        for name, content in files.items():
             (cgroup / name).write_text(content)
 
     def writes_to(self, name: str) -> list[str]:
         return [v for p, v in self.writes if Path(p).name == name]
+
+    def _kernel_write(self, path: Path, value: str) -> bool:
+        """The kernel's own handling of a write where a plain file would differ; True if
+        the write was handled here."""
+        cgroup, name = path.parent, path.name
+        if self.v2 and name == "cgroup.subtree_control":
+            available = (cgroup / "cgroup.controllers").read_text().split()
+            enabled = set(path.read_text().split())
+            for token in value.split():
+                if token[1:] not in available:
+                    raise _oserror(errno.ENOENT, path)
+                (enabled.add if token[0] == "+" else enabled.discard)(token[1:])
+            if cgroup != self.root and (cgroup / "cgroup.procs").read_text().split():
+                raise _oserror(errno.EBUSY, path)
+            text = " ".join(c for c in KERNEL_ORDER if c in enabled)
+            path.write_text(text)
+            for child in cgroup.iterdir():
+                if child.is_dir():
+                    (child / "cgroup.controllers").write_text(text)
+            return True
+        if self.v2 and name == "cgroup.procs":
+            for procs in self.root.rglob("cgroup.procs"):
+                pids = procs.read_text().split()
+                if procs != path and value in pids:
+                    procs.write_text("".join(f"{p}\n" for p in pids if p != value))
+            path.write_text(path.read_text() + f"{value}\n")
+            return True
+        if name in ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes"):
+            new = int(value)
+            usage = int((cgroup / "memory.usage_in_bytes").read_text())
+            memsw = cgroup / "memory.memsw.limit_in_bytes"
+            if name == "memory.limit_in_bytes":
+                if memsw.exists() and new > int(memsw.read_text()):
+                    raise _oserror(errno.EINVAL, path)
+            elif new < int((cgroup / "memory.limit_in_bytes").read_text()):
+                raise _oserror(errno.EINVAL, path)
+            if new < usage:
+                raise _oserror(errno.EBUSY, path)
+            return False
+        if name == "memory.max_usage_in_bytes":
+            path.write_text((cgroup / "memory.usage_in_bytes").read_text())
+            return True
+        return False
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeCgroupFs:
         real_mkdir = Path.mkdir
@@ -138,14 +213,20 @@ class FakeCgroupFs:
 
         def mkdir(path: Path, mode: int = 0o777, parents: bool = False,
                   exist_ok: bool = False) -> None:
+            if fake.owns(path) and fake.rel(path) in fake.refuse_mkdir:
+                raise _oserror(fake.refuse_mkdir[fake.rel(path)], path)
             existed = path.is_dir()
             real_mkdir(path, mode, parents, exist_ok)
-            if fake.owns(path) and not existed:
+            # pathlib's parents=True re-enters this function for the path itself: populated
+            # there already, so count it once.
+            if fake.owns(path) and not existed and not any(path.iterdir()):
+                fake.mkdirs.append(fake.rel(path))
                 fake.populate(path)
 
         def rmdir(path, *args, **kwargs) -> None:
             if not fake.owns(path):
                 return real_rmdir(path, *args, **kwargs)
+            fake.rmdirs.append(fake.rel(path))
             p = Path(path)
             if not p.is_dir():
                 raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
@@ -164,7 +245,8 @@ class FakeCgroupFs:
                 if Path(path).parent.is_dir():  # kernfs: no such interface file
                     raise PermissionError(errno.EACCES, "Permission denied", str(path))
                 raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
-            real_write(path, value)
+            if not (fake.owns(path) and fake._kernel_write(Path(path), value)):
+                real_write(path, value)
             if fake.owns(path):
                 fake.writes.append((fake.rel(path), value))
 
@@ -174,30 +256,57 @@ class FakeCgroupFs:
         return self
 
 
-def make_v2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base: str = "/sys.slice/x.service",
-            *, move_self: bool = True, **files_options) -> tuple[cg.V2Backend, FakeCgroupFs]:
+OWN = "/sys.slice/x.service"
+
+
+def make_v2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, own: str = OWN, *,
+            cgroup_root: str | None = None, delegated: str | None = None,
+            **files_options) -> tuple[cg.V2Backend, FakeCgroupFs]:
+    """A cgroup2 mount with the daemon (this process) in `own`. Every cgroup from the
+    mount down to `own`'s parent has `delegated` (default: all the mount's controllers)
+    enabled, as systemd's Delegate=yes leaves it."""
     mount = tmp_path / "cgroup2"
     os.mkdir(mount)
-    fs = FakeCgroupFs(mount, v2_files(**files_options)).install(monkeypatch)
+    fs = FakeCgroupFs(mount, v2_files(**files_options), v2=True).install(monkeypatch)
     fs.populate(mount)
-    backend = cg.V2Backend(mount, base, move_self=move_self)
-    backend.base.mkdir(parents=True, exist_ok=True)
-    (backend.base / "cgroup.procs").write_text(f"{os.getpid()}\n")
+    if delegated is None:
+        delegated = (mount / "cgroup.controllers").read_text()
+    path = mount
+    for part in Path(own).parts[1:]:
+        (path / "cgroup.subtree_control").write_text(delegated)
+        path = path / part
+        path.mkdir()
+    (path / "cgroup.procs").write_text(f"{os.getpid()}\n")
+    del fs.mkdirs[:]
+    backend = cg.V2Backend(mount, own, cgroup_root=cgroup_root)
     return backend, fs
 
 
-def make_v1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base: str = "process_api/abc",
+def make_v1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, own: str = "process_api/abc",
+            *, comount: tuple[str, ...] = (), cgroup_root: str | None = None,
             **files_options) -> tuple[cg.V1Backend, FakeCgroupFs]:
+    """One hierarchy per controller, except the co-mounted groups in `comount` (e.g.
+    "cpu,cpuacct"): one directory, each of its controllers a symlink to it, as systemd
+    lays them out. The daemon's memory cgroup is `own`, its others the root."""
     root = tmp_path / "cgroup"
     os.mkdir(root)
     fs = FakeCgroupFs(root, v1_files(root, **files_options)).install(monkeypatch)
-    hierarchies = {}
+    mounts: dict[str, Path] = {}
+    for group in comount:
+        os.mkdir(root / group)
+        fs.populate(root / group)
+        for c in group.split(","):
+            os.symlink(group, root / c)
+            mounts[c] = root / c
     for c in cg.V1_CONTROLLERS:
-        os.mkdir(root / c)
-        fs.populate(root / c)
-        (root / c / base).mkdir(parents=True)
-        hierarchies[c] = root / c / base
-    return cg.V1Backend(hierarchies), fs
+        if c not in mounts:
+            os.mkdir(root / c)
+            fs.populate(root / c)
+            mounts[c] = root / c
+    (mounts["memory"] / own).mkdir(parents=True)
+    del fs.mkdirs[:]
+    owns = {c: "/" for c in cg.V1_CONTROLLERS} | {"memory": f"/{own}"}
+    return cg.V1Backend(mounts, owns, cgroup_root=cgroup_root), fs
 
 
 @pytest.fixture
@@ -230,21 +339,15 @@ def test_v2_prepare_moves_us_to_a_leaf_and_enables_controllers(tmp_path, monkeyp
     backend.prepare()
     base = backend.base
     assert base == tmp_path / "cgroup2" / "sys.slice" / "x.service"
-    assert (base / "daemon" / "cgroup.procs").read_text() == str(os.getpid())
-    assert (base / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
+    assert (base / "daemon" / "cgroup.procs").read_text().split() == [str(os.getpid())]
+    assert (base / "cgroup.procs").read_text() == ""
+    assert (base / "cgroup.subtree_control").read_text() == "cpu memory pids"
     assert backend.root == base / "sandboxd" and backend.root.is_dir()
-    assert (backend.root / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
+    assert (backend.root / "cgroup.subtree_control").read_text() == "cpu memory pids"
     # No internal processes: we leave the base before enabling its controllers.
     assert [Path(p).name for p, _ in fs.writes] == [
         "cgroup.procs", "cgroup.subtree_control", "cgroup.subtree_control"]
     assert fs.writes[0][0] == "sys.slice/x.service/daemon/cgroup.procs"
-
-
-def test_v2_prepare_without_move_self_stays_put(tmp_path, monkeypatch):
-    backend, fs = make_v2(tmp_path, monkeypatch, "/delegated", move_self=False)
-    backend.prepare()
-    assert not (backend.base / "daemon").exists()
-    assert fs.writes_to("cgroup.subtree_control") == ["+cpu +memory +pids"] * 2
 
 
 def test_v2_prepare_at_the_mount_root_does_not_move(tmp_path, monkeypatch):
@@ -355,7 +458,7 @@ def test_v2_stats_parse_cpu_peak_and_oom_kills(tmp_path, monkeypatch):
     assert box.cpu_ns() == 1_234_567_000
     stats = box.stats()
     assert stats == cg.CgroupStats(cpu_ns=1_234_567_000, memory_peak_bytes=52428800,
-                                   oom_kills=1)
+                                   oom_kills=1, oom_events=2, file_cache_bytes=0)
 
 
 def test_v2_stats_fall_back_to_memory_current_without_memory_peak(tmp_path, monkeypatch):
@@ -454,7 +557,8 @@ def test_v1_prepare_creates_sandboxd_in_every_hierarchy_and_sweeps(tmp_path, mon
     backend, fs = make_v1(tmp_path, monkeypatch)
     assert set(backend.roots) == set(cg.V1_CONTROLLERS)
     for c, root in backend.roots.items():
-        assert root == tmp_path / "cgroup" / c / "process_api" / "abc" / "sandboxd"
+        own = "process_api/abc/" if c == "memory" else ""
+        assert root == tmp_path / "cgroup" / c / f"{own}sandboxd"
     (backend.roots["memory"]).mkdir()
     (backend.roots["memory"] / f"box-{_dead_pid()}-9").mkdir()
     backend.prepare()
@@ -530,7 +634,7 @@ def test_v1_stats_parse_cpuacct_peak_and_oom_control(tmp_path, monkeypatch):
     (memory / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 1\noom_kill 3\n")
     assert box.cpu_ns() == 987654321
     assert box.stats() == cg.CgroupStats(cpu_ns=987654321, memory_peak_bytes=134217728,
-                                         oom_kills=3)
+                                         oom_kills=3, oom_events=3, file_cache_bytes=0)
 
 
 def test_v1_pids_come_from_the_freezer_and_kill_all_freezes(tmp_path, monkeypatch, sleeper):
@@ -574,6 +678,215 @@ def test_v1_sweep_removes_dead_daemons_boxes_in_all_hierarchies(tmp_path, monkey
         assert not (root / dead).exists() and not (root / partial).exists()
         assert (root / alive).is_dir()
     assert fs.writes_to("freezer.state") == ["FROZEN", "THAWED"]  # the dead box was frozen
+
+
+# ------------------------------------------------------------------------------ v1 co-mounted
+
+COMOUNTS = [("cpu,cpuacct",), ("cpu,cpuacct", "freezer,pids")]
+
+
+def _distinct_hierarchies(comount: tuple[str, ...]) -> int:
+    return len(cg.V1_CONTROLLERS) - sum(len(g.split(",")) - 1 for g in comount)
+
+
+@pytest.mark.parametrize("comount", COMOUNTS, ids=lambda g: "+".join(g))
+def test_v1_comounted_box_lifecycle_touches_each_directory_once(tmp_path, monkeypatch, sleeper,
+                                                                 comount):
+    """systemd co-mounts cpu,cpuacct: create, join, limits, kill and remove must each touch
+    that one directory once (a second mkdir of it is EEXIST: every box used to fail)."""
+    backend, fs = make_v1(tmp_path, monkeypatch, comount=comount)
+    hierarchies = _distinct_hierarchies(comount)
+    cpu_dir = tmp_path / "cgroup" / "cpu,cpuacct" / "sandboxd"
+    assert backend.roots["cpu"] == backend.roots["cpuacct"] == cpu_dir
+    assert len(backend.root_dirs) == hierarchies
+    backend.prepare()
+    assert len(fs.mkdirs) == hierarchies and len(set(fs.mkdirs)) == hierarchies
+    del fs.mkdirs[:]
+
+    box = backend.create(LIMITS)
+    assert len(fs.mkdirs) == hierarchies and len(set(fs.mkdirs)) == hierarchies
+    assert len(box.procs_files) == hierarchies == len(set(box.procs_files))
+    assert str(cpu_dir / box.name / "cgroup.procs") in box.procs_files
+    assert (cpu_dir / box.name / "cpu.cfs_quota_us").read_text() == "100000"
+    assert fs.writes_to("cpu.cfs_quota_us") == ["100000"]
+    assert box.usage_files[0] == str(cpu_dir / box.name / "cpuacct.usage")
+
+    for procs in box.procs_files:  # the kernel: the box joined every hierarchy
+        Path(procs).write_text(f"{sleeper.pid}\n")
+    (cpu_dir / box.name / "cpuacct.usage").write_text("5000000\n")
+    assert box.cpu_ns() == 5_000_000
+    box.program_started(1 * MIB, 64 * MIB)
+    assert box.stats().cpu_ns == 5_000_000
+
+    box.kill_all()
+    assert fs.writes_to("freezer.state") == ["FROZEN", "THAWED"]
+    assert _wait_exit(sleeper) == -signal.SIGKILL
+    for procs in box.procs_files:  # the kernel: the dead process left the cgroup
+        Path(procs).write_text("")
+    box.remove()
+    assert sorted(fs.rmdirs) == sorted(set(fs.rmdirs)) and len(fs.rmdirs) == hierarchies
+    assert all(not (root / box.name).exists() for root in backend.root_dirs)
+    assert backend.box_dirs() == []
+
+
+@pytest.mark.parametrize("comount", COMOUNTS, ids=lambda g: "+".join(g))
+def test_v1_comounted_sweep_and_rollback(tmp_path, monkeypatch, comount):
+    backend, fs = make_v1(tmp_path, monkeypatch, comount=comount,
+                          missing=("cpu.cfs_quota_us",))
+    backend.prepare()
+    for root in backend.root_dirs:
+        (root / f"box-{_dead_pid()}-1").mkdir()
+    assert [p.name for p in backend.box_dirs()] == [f"box-{DEAD_PID}-1"]
+    del fs.rmdirs[:]
+    assert backend.sweep_stale() == 1
+    assert len(fs.rmdirs) == len(set(fs.rmdirs)) == _distinct_hierarchies(comount)
+    assert fs.writes_to("freezer.state") == ["FROZEN", "THAWED"]
+    del fs.rmdirs[:]
+    with pytest.raises(OSError):  # cpu.cfs_quota_us cannot be written: rolled back
+        backend.create(LIMITS)
+    assert len(fs.rmdirs) == len(set(fs.rmdirs)) == _distinct_hierarchies(comount)
+    assert [p for root in backend.root_dirs for p in root.iterdir() if p.is_dir()] == []
+
+
+# ------------------------------------------------------------------------------ cgroup_root
+
+
+@pytest.mark.parametrize("comount", [(), ("cpu,cpuacct",)], ids=["separate", "cpu+cpuacct"])
+def test_v1_cgroup_root_is_created_with_parents_and_boxes_live_directly_below(
+        tmp_path, monkeypatch, comount):
+    backend, fs = make_v1(tmp_path, monkeypatch, comount=comount, cgroup_root="/judge/boxes")
+    root = tmp_path / "cgroup"
+    expected = {c: root / ("cpu,cpuacct" if comount and c in ("cpu", "cpuacct") else c)
+                / "judge" / "boxes" for c in cg.V1_CONTROLLERS}
+    assert backend.roots == expected
+    backend.prepare()
+    distinct = sorted({str(p.relative_to(root)) for p in expected.values()})
+    parents = sorted({str(p.parent.relative_to(root)) for p in expected.values()})
+    assert sorted(fs.mkdirs) == sorted(distinct + parents)  # each directory once
+    box = backend.create(LIMITS)
+    for c in cg.V1_CONTROLLERS:
+        assert box.dirs[c] == expected[c] / box.name  # no "sandboxd" level
+        assert box.dirs[c].is_dir()
+    assert not any(p.name == "sandboxd" for p in root.rglob("*"))
+    assert backend.box_dirs() == [expected["memory"] / box.name]
+    backend.prepare()  # a second start finds the root in place
+    box.remove()
+    assert all(p.is_dir() for p in expected.values())  # the root itself stays
+
+
+def test_v1_cgroup_root_error_names_the_key_the_path_and_the_os_error(tmp_path, monkeypatch):
+    backend, fs = make_v1(tmp_path, monkeypatch, cgroup_root="/sandboxd")
+    fs.refuse_mkdir["pids/sandboxd"] = errno.EACCES
+    with pytest.raises(JailError) as e:
+        backend.prepare()
+    message = str(e.value)
+    assert 'sandbox.cgroup_root = "/sandboxd"' in message, message
+    assert f"{tmp_path / 'cgroup' / 'pids' / 'sandboxd'}: Permission denied (EACCES)" in message
+    assert "sandboxd/sandboxd" not in message
+
+
+def test_v1_default_root_error_names_the_path_not_the_key(tmp_path, monkeypatch):
+    backend, fs = make_v1(tmp_path, monkeypatch)
+    (tmp_path / "cgroup" / "memory" / "process_api" / "abc").rmdir()  # our cgroup vanished
+    with pytest.raises(JailError) as e:
+        backend.prepare()
+    message = str(e.value)
+    assert "cgroup_root" not in message
+    missing = tmp_path / "cgroup" / "memory" / "process_api" / "abc" / "sandboxd"
+    assert f"cannot create cgroup {missing}: No such file or directory (ENOENT)" in message
+
+
+def test_v2_cgroup_root_is_created_and_controllers_enabled_from_the_mount_down(
+        tmp_path, monkeypatch):
+    # Like the VM lane's guest: nothing enabled anywhere yet; the daemon stays in its own.
+    backend, fs = make_v2(tmp_path, monkeypatch, "/", cgroup_root="/judge/boxes",
+                          delegated="")
+    mount = backend.mount
+    assert backend.base == backend.root == mount / "judge" / "boxes"
+    assert backend.move_self is False
+    backend.prepare()
+    assert fs.mkdirs == ["judge", "judge/boxes"]
+    assert fs.writes == [("cgroup.subtree_control", "+cpu +memory +pids"),
+                         ("judge/cgroup.subtree_control", "+cpu +memory +pids"),
+                         ("judge/boxes/cgroup.subtree_control", "+cpu +memory +pids")]
+    box = backend.create(LIMITS)
+    assert box.procs_files == (str(mount / "judge" / "boxes" / box.name / "cgroup.procs"),)
+    assert (mount / "judge" / "boxes" / box.name / "memory.max").read_text() == str(256 * MIB)
+    assert backend.box_dirs() == [mount / "judge" / "boxes" / box.name]
+    assert not (mount / "judge" / "boxes" / "sandboxd").exists()
+    del fs.writes[:]
+    backend.prepare()  # everything in place: nothing written
+    assert fs.writes == []
+
+
+def test_v2_cgroup_root_enables_only_what_is_missing(tmp_path, monkeypatch):
+    backend, fs = make_v2(tmp_path, monkeypatch, OWN, cgroup_root="/judge",
+                          delegated="cpu memory")
+    (backend.mount / "judge").mkdir()
+    (backend.mount / "judge" / "cgroup.subtree_control").write_text("memory")
+    del fs.mkdirs[:]
+    backend.prepare()
+    assert fs.mkdirs == []
+    assert fs.writes == [("cgroup.subtree_control", "+pids"),
+                         ("judge/cgroup.subtree_control", "+cpu +pids")]
+    assert (backend.root / "cgroup.subtree_control").read_text() == "cpu memory pids"
+    # The daemon was not moved: it is still in its own cgroup.
+    assert (backend.mount / OWN.lstrip("/") / "cgroup.procs").read_text().split() == [
+        str(os.getpid())]
+
+
+def test_v2_cgroup_root_mkdir_error_names_the_key_the_path_and_the_os_error(
+        tmp_path, monkeypatch):
+    backend, fs = make_v2(tmp_path, monkeypatch, cgroup_root="/judge/boxes")
+    fs.refuse_mkdir["judge/boxes"] = errno.EACCES
+    with pytest.raises(JailError) as e:
+        backend.prepare()
+    message = str(e.value)
+    assert 'sandbox.cgroup_root = "/judge/boxes"' in message, message
+    path = backend.mount / "judge" / "boxes"
+    assert f"cannot create cgroup {path}: Permission denied (EACCES)" in message, message
+
+
+def test_v2_cgroup_root_holding_processes_cannot_enable_controllers(tmp_path, monkeypatch):
+    # The root given is the daemon's own cgroup: no internal processes, the kernel says EBUSY.
+    backend, fs = make_v2(tmp_path, monkeypatch, OWN, cgroup_root=OWN, delegated="cpu memory pids")
+    with pytest.raises(JailError) as e:
+        backend.prepare()
+    message = str(e.value)
+    control = backend.root / "cgroup.subtree_control"
+    assert f'sandbox.cgroup_root = "{OWN}"' in message, message
+    assert f"cannot enable +cpu +memory +pids in {control}: " in message, message
+    assert "(EBUSY)" in message and "no internal processes" in message, message
+
+
+def test_v2_cgroup_root_without_memory_controller_names_key_and_path(tmp_path, monkeypatch):
+    backend, fs = make_v2(tmp_path, monkeypatch, cgroup_root="/judge", controllers="cpu pids")
+    with pytest.raises(JailError) as e:
+        backend.prepare()
+    message = str(e.value)
+    assert 'sandbox.cgroup_root = "/judge"' in message, message
+    assert f"{backend.mount} lacks controller(s) memory" in message, message
+    assert fs.writes == [] and fs.mkdirs == []
+
+
+def test_v2_cgroup_root_sweeps_stale_boxes_directly_below_it(tmp_path, monkeypatch):
+    backend, fs = make_v2(tmp_path, monkeypatch, cgroup_root="/judge")
+    backend.prepare()
+    (backend.root / f"box-{_dead_pid()}-4").mkdir()
+    (backend.root / "not-a-box").mkdir()
+    backend.prepare()
+    assert [rel for rel, _ in fs.removed] == [f"judge/box-{DEAD_PID}-4"]
+    assert (backend.root / "not-a-box").is_dir()
+
+
+@pytest.mark.parametrize("root", ["judge", "/judge/../etc", "/./judge", ".."])
+def test_cgroup_root_must_be_an_absolute_path_without_dot_components(tmp_path, monkeypatch,
+                                                                     root):
+    _patch_host(monkeypatch, _v1_mounts(tmp_path), HYBRID_OWN)
+    for make in (lambda: cg.detect("auto", root),
+                 lambda: cg.V2Backend(tmp_path, "/", cgroup_root=root)):
+        with pytest.raises(JailError, match=re.escape(f'sandbox.cgroup_root = "{root}"')):
+            make()
 
 
 # ------------------------------------------------------------------------------ detect()
@@ -627,8 +940,9 @@ def test_detect_v1_with_cpu_and_cpuacct_comounted(tmp_path, monkeypatch):
 def test_detect_v1_with_a_configured_root(tmp_path, monkeypatch):
     _patch_host(monkeypatch, _v1_mounts(tmp_path), HYBRID_OWN)
     backend = cg.detect("auto", "/judge")
-    assert all(backend.roots[c] == tmp_path / c / "judge" / "sandboxd"
-               for c in cg.V1_CONTROLLERS)
+    # Boxes directly below the configured root, in every hierarchy: no "sandboxd" level.
+    assert all(backend.roots[c] == tmp_path / c / "judge" for c in cg.V1_CONTROLLERS)
+    assert backend.cgroup_root == "/judge"
 
 
 def test_detect_pure_v2_with_controllers_is_v2(tmp_path, monkeypatch):

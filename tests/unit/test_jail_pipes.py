@@ -45,9 +45,9 @@ def test_box_fds_close_everything_they_opened_when_one_open_fails(tmp_path):
     (tmp_path / "cpu").write_text("0")
     before = open_fds()
     with pytest.raises(FileNotFoundError):
-        pipes.BoxFds(b"in", 1 << 20, False, (str(tmp_path / "cpu"), str(tmp_path / "missing"),
-                                               str(tmp_path / "cpu"), str(tmp_path / "cpu"),
-                                               str(tmp_path / "cpu")))
+        pipes.BoxFds(b"in", 1 << 20, False, (str(tmp_path / "cpu"), str(tmp_path / "cpu"),
+                                               str(tmp_path / "cpu"), str(tmp_path / "cpu")),
+                     str(tmp_path / "missing"))
     assert open_fds() == before
 
 
@@ -67,7 +67,8 @@ def test_box_fds_close_everything_when_a_pipe_cannot_be_made(tmp_path, monkeypat
     before = open_fds()
     with pytest.raises(OSError) as e:
         pipes.BoxFds(b"in", 1 << 20, False, tuple(str(tmp_path / n) for n in
-                                                  ("cpu", "mem", "peak", "limit", "limit")))
+                                                  ("cpu", "peak", "limit", "limit")),
+                     str(tmp_path / "mem"))
     assert e.value.errno == errno.EMFILE
     assert open_fds() == before
 
@@ -141,14 +142,14 @@ def test_output_pipe_holds_the_whole_cap():
 def test_report_parsing_reads_every_message():
     raw = b"\n".join(protocol.encode(m) for m in (
         {"kind": "STARTED"},
-        {"kind": "EXECED", "pre_exec_cpu_ns": 5, "memory_bytes": 7, "limit_errno": 0},
+        {"kind": "EXECED", "pre_exec_cpu_ns": 5, "limit_errno": 0},
         {"kind": "REFUSED", "bytes": 100},
         {"kind": "REFUSED", "bytes": 50},
         {"kind": "EXITED", "status": 256, "wall_ns": 9, "cpu_ns": 11, "init_cpu_ns": 2},
     )) + b"\n{torn"
     rep = protocol.parse_report(raw)
     assert rep.started and rep.execed
-    assert (rep.pre_exec_cpu_ns, rep.exec_memory_bytes, rep.limit_errno) == (5, 7, 0)
+    assert (rep.pre_exec_cpu_ns, rep.limit_errno) == (5, 0)
     assert rep.refused_bytes == 100
     assert (rep.wait_status, rep.wall_ns, rep.exit_cpu_ns, rep.init_cpu_ns) == (256, 9, 11, 2)
     assert rep.failed_step is None

@@ -3,7 +3,8 @@
 #   .cache/vm/vmlinuz     Debian 12 stock kernel (linux-image-6.1.0-*-amd64)
 #   .cache/vm/initrd.img  busybox initramfs whose /init mounts the host root
 #                         read-only over virtio-9p, puts a tmpfs overlay on top,
-#                         mounts cgroup2 at /sys/fs/cgroup and runs the job that
+#                         mounts cgroup2 at /sys/fs/cgroup (or the v1 hierarchies
+#                         named by vm.cgroup=v1:...) and runs the job that
 #                         tests/vm/run_in_guest.py put on the "results" 9p share.
 # Only what is missing (or out of date) is rebuilt; a second run needs no network.
 #
@@ -147,7 +148,10 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=none results /re
 # Host root, read-only.  cache=loose: the guest is short-lived and never writes
 # to it, so caching dentries/pages is safe and makes imports much faster.
 C9P=loose
-for x in $(cat /proc/cmdline); do case "$x" in vm.9pcache=*) C9P=${x#vm.9pcache=} ;; esac; done
+CG=v2
+for x in $(cat /proc/cmdline); do
+    case "$x" in vm.9pcache=*) C9P=${x#vm.9pcache=} ;; vm.cgroup=*) CG=${x#vm.cgroup=} ;; esac
+done
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=$C9P,ro hostroot /lower \
     || fatal "cannot mount the host root (9p hostroot)"
 # All writes go to a tmpfs upper layer.  Overlay over 9p works with Debian's
@@ -162,7 +166,23 @@ mount -t overlay -o lowerdir=/lower,upperdir=/ovl/upper,workdir=/ovl/work,index=
 mount --move /proc $NR/proc
 mount --move /sys  $NR/sys
 mount --move /dev  $NR/dev
-mount -t cgroup2 -o nsdelegate cgroup2 $NR/sys/fs/cgroup || fatal "cannot mount cgroup2"
+# vm.cgroup=v1:<hierarchy>/<hierarchy>/... (run_in_guest.py --cgroup-v1): cgroup v1, one
+# mount per hierarchy, co-mounted controllers comma-separated ("cpu,cpuacct") with a
+# symlink per controller, plus an empty cgroup2 at unified/, as systemd's hybrid layout.
+# v1 goes first: a controller in use on cgroup2 cannot be bound to a v1 hierarchy (EBUSY).
+if [ "$CG" = v2 ]; then
+    mount -t cgroup2 -o nsdelegate cgroup2 $NR/sys/fs/cgroup || fatal "cannot mount cgroup2"
+else
+    CGD=$NR/sys/fs/cgroup
+    mount -t tmpfs -o mode=755 cgroup $CGD || fatal "cannot mount the cgroup tmpfs"
+    for h in $(echo "${CG#v1:}" | tr / ' '); do
+        mkdir -p $CGD/$h
+        mount -t cgroup -o $h cgroup $CGD/$h || fatal "cannot mount cgroup v1 hierarchy $h"
+        case "$h" in *,*) for c in $(echo "$h" | tr , ' '); do ln -s "$h" $CGD/$c; done ;; esac
+    done
+    mkdir -p $CGD/unified
+    mount -t cgroup2 -o nsdelegate cgroup2 $CGD/unified || fatal "cannot mount cgroup2"
+fi
 mkdir -p $NR/dev/pts $NR/dev/shm $NR/dev/mqueue
 mount -t devpts -o newinstance,ptmxmode=0666,mode=620,gid=5 devpts $NR/dev/pts
 mount -t tmpfs -o mode=1777 shm $NR/dev/shm

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import select
 import shlex
 import shutil
@@ -74,6 +75,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--cgroup", metavar="NAME",
                    help="enable all controllers at the root and run CMD in the child cgroup "
                         "/NAME (like a systemd unit) instead of in the root cgroup")
+    p.add_argument("--cgroup-v1", metavar="HIERARCHIES",
+                   help="boot with cgroup v1 instead of v2: the hierarchies to mount below "
+                        "/sys/fs/cgroup, '/'-separated, co-mounted controllers comma-separated "
+                        "(e.g. cpu,cpuacct/memory/pids/freezer); cgroup2 stays at "
+                        "/sys/fs/cgroup/unified with no controllers (a systemd hybrid host)")
     p.add_argument("--cpu", default=DEFAULT_CPU,
                    help=f"qemu -cpu model (default {DEFAULT_CPU})")
     p.add_argument("--machine", default="q35",
@@ -96,6 +102,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("CMD must not contain '=' (env(1) would take it for a variable); use --env")
     if a.timeout <= 0:
         p.error("--timeout must be positive")
+    if a.cgroup_v1 is not None:
+        if a.cgroup:
+            p.error("--cgroup is for cgroup v2; it cannot be combined with --cgroup-v1")
+        if not re.fullmatch(r"[a-z_]+(,[a-z_]+)*(/[a-z_]+(,[a-z_]+)*)*", a.cgroup_v1):
+            p.error("--cgroup-v1: expected controllers like cpu,cpuacct/memory/pids/freezer")
     return a
 
 
@@ -144,9 +155,12 @@ def qemu_argv(a: argparse.Namespace, results: str) -> list[str]:
         # TCG: the CPU bug mitigations (KPTI especially) make every syscall far
         # slower and change nothing the tests look at.
         "mitigations=off", "random.trust_cpu=on", "tsc=reliable", "no_timer_check",
+    ] + (
         # a pure cgroup v2 host, like a modern systemd distribution
-        "systemd.unified_cgroup_hierarchy=1", "cgroup_no_v1=all",
-    ] + ([f"vm.9pcache={os.environ['VM_9P_CACHE']}"] if os.environ.get("VM_9P_CACHE") else []))
+        ["systemd.unified_cgroup_hierarchy=1", "cgroup_no_v1=all"] if a.cgroup_v1 is None
+        # or v1 hierarchies, mounted by the guest's init (build_guest.sh)
+        else [f"vm.cgroup=v1:{a.cgroup_v1}"]
+    ) + ([f"vm.9pcache={os.environ['VM_9P_CACHE']}"] if os.environ.get("VM_9P_CACHE") else []))
     # The ELF vmlinux (PVH boot) skips the ~2.7 s xz decompression of the bzImage.
     kernel = os.path.join(CACHE, "vmlinux")
     if not os.path.exists(kernel):
