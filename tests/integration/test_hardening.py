@@ -32,8 +32,7 @@ from pathlib import Path
 import pytest
 
 from sandboxd.jail.spec import Bind, BoxLimits, JailError, JailSpec
-from sandboxd.model import Limits, Status
-from sandboxd.runner import Runner
+from sandboxd.model import Status
 from sandboxd.verdict import decide, to_result
 from tests.integration.hostile import assert_checks, c_program, describe
 
@@ -460,10 +459,8 @@ async def test_page_cache_of_a_read_file_is_not_the_boxs_memory(sandbox, registr
     assert outcome.setup_error is None, outcome
     assert (outcome.exit_code, outcome.signal) == (3, None), outcome
     assert not outcome.oom_killed, outcome
-    # Through the runner's attribution and the verdict table, as a submission would be.
-    ran = Runner._attribute_memory_failure(
-        outcome, Limits(time_limit_ms=5000, wall_time_limit_ms=20_000, memory_limit_mb=memory_mb))
-    result = to_result(decide(None, ran, None), None, ran)
+    # Through the verdict table, as a submission would be.
+    result = to_result(decide(None, outcome, None), None, outcome)
     assert result.status is Status.RUNTIME_ERROR and result.exit_code == 3, describe(result)
     assert result.memory_kb is not None and result.memory_kb < 16 * 1024, (
         f"memory_kb {result.memory_kb}: page cache counted as the program's memory")
