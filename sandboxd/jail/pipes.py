@@ -70,6 +70,14 @@ def output_pipe(cap: int) -> tuple[int, int]:
     return r, w
 
 
+def _nothing() -> None:
+    pass
+
+
+def _ignore(_message: dict) -> None:
+    pass
+
+
 class BoxFds:
     """Every descriptor of one box, opened all-or-nothing (see module docstring)."""
 
@@ -212,6 +220,9 @@ class OutputReader:
         else:
             self.loop.remove_reader(self.fd)
         os.close(self.fd)
+        # The callback is bound to the run that owns this reader: dropping it breaks the
+        # cycle, so a finished run (and the stdin its spec holds) is freed at once.
+        self.on_overflow = _nothing
         self.done.set_result(None)
 
 
@@ -252,4 +263,5 @@ class ReportReader:
         if not self.done.done():
             self.loop.remove_reader(self.fd)
             os.close(self.fd)
+            self.on_message = _ignore  # see OutputReader.close: no cycle with the run
             self.done.set_result(None)
