@@ -13,7 +13,7 @@ APT_PACKAGES := libcap-dev libseccomp2 python3-venv python3-dev gcc g++ make \
 	openjdk-17-jdk-headless nodejs curl \
 	qemu-system-x86 busybox-static cpio kmod
 
-.PHONY: deps run test test-unit test-host test-v2 test-v1-comount lint bench clean
+.PHONY: deps run install test test-unit test-host test-v2 test-v1-comount lint bench clean
 
 deps: $(VENV)/.installed
 
@@ -34,6 +34,10 @@ $(VENV)/.installed: pyproject.toml .apt-stamp
 
 run: deps
 	$(VENV)/bin/sandboxd serve --listen $(LISTEN)
+
+# `sandboxd` on PATH: a link to this checkout's virtualenv (the daemon runs as root).
+install: deps
+	ln -sf $(CURDIR)/$(VENV)/bin/sandboxd /usr/local/bin/sandboxd
 
 test: deps
 	$(PY) -m pytest tests -ra
