@@ -41,6 +41,12 @@ TEST_FILES = [
     "tests/integration/test_limits.py",
     "tests/integration/test_cleanup.py",
     "tests/integration/test_languages.py",
+    "tests/integration/test_hardening.py",
+    "tests/integration/test_accounting.py",
+    "tests/integration/test_verdicts.py",
+    "tests/integration/test_cgroup_usage.py",
+    # The daemon as a whole: no box outlives it, a fork-server crash is an Internal Error.
+    "tests/e2e/test_crash.py",
 ]
 # The 200-run leak test is covered here by test_cgroup_v2's 50 runs. The guest has no
 # disk file system (tmpfs overlay, 9p), so no page cache to charge: file_cache would skip.
