@@ -1,6 +1,7 @@
 """`sandbox.cgroup_root` on the real kernel: the root is created where it is missing
 (every v1 hierarchy, or the v2 tree with controllers enabled), boxes live directly below
-it, and a real run works there. Each test removes the root it created."""
+it (with their keeper/ and program/ memory leaves), and a real run works there. Each test
+removes the root it created."""
 
 from __future__ import annotations
 
@@ -29,6 +30,26 @@ def _root_dirs(backend: cg.CgroupBackend) -> tuple[Path, ...]:
     return (backend.root,)
 
 
+def _memory_root(backend: cg.CgroupBackend) -> Path:
+    return backend.roots["memory"] if isinstance(backend, cg.V1Backend) else _root_dirs(
+        backend)[0]
+
+
+def _expected_procs_files(backend: cg.CgroupBackend, name: str) -> set[str]:
+    """A box directly below the root in every hierarchy, joined there, except in the memory
+    hierarchy: through its keeper (v2: only there, no internal processes)."""
+    memory = _memory_root(backend)
+    return {str((d / name / cg.KEEPER if d == memory else d / name) / "cgroup.procs")
+            for d in _root_dirs(backend)}
+
+
+def _rmtree_cgroups(path: Path) -> None:
+    """rmdir a cgroup and its children, deepest first (cgroupfs has no rm -r)."""
+    for child in (p for p in path.iterdir() if p.is_dir()):
+        _rmtree_cgroups(child)
+    path.rmdir()
+
+
 @pytest.fixture
 def root_name() -> Iterator[str]:
     """A cgroup root that does not exist yet; removed (with its boxes) afterwards."""
@@ -42,10 +63,8 @@ def root_name() -> Iterator[str]:
     finally:
         backend.sweep_stale()
         for d in dirs:
-            for box in (p for p in d.iterdir() if p.is_dir()) if d.is_dir() else ():
-                box.rmdir()
             if d.is_dir():
-                d.rmdir()
+                _rmtree_cgroups(d)
 
 
 def test_cgroup_root_is_created_in_every_hierarchy_and_holds_the_boxes(root_name):
@@ -59,13 +78,19 @@ def test_cgroup_root_is_created_in_every_hierarchy_and_holds_the_boxes(root_name
         assert {"cpu", "memory", "pids"} <= set(enabled)
     box = backend.create(cg.CgroupLimits(memory_bytes=64 << 20, processes=8, cpu_share=1.0))
     try:
-        assert sorted(str(Path(p).parent.parent) for p in box.procs_files) == sorted(
-            str(d) for d in dirs)  # <mount><cgroup_root>/box-…/cgroup.procs
+        # <mount><cgroup_root>/box-…/cgroup.procs; memory: <…>/box-…/keeper/cgroup.procs
+        assert len(box.procs_files) == len(dirs)
+        assert set(box.procs_files) == _expected_procs_files(backend, box.name)
+        program = _memory_root(backend) / box.name / cg.PROGRAM
+        assert box.program_procs_file == str(program / "cgroup.procs")
+        assert all(Path(p).is_file() for p in (*box.procs_files, box.program_procs_file))
         assert [p.name for p in backend.box_dirs()] == [box.name]
         assert backend.box_dirs()[0].parent in dirs
+        assert backend.box_dirs()[0] == program.parent
     finally:
         box.remove()
     assert backend.box_dirs() == []
+    assert [p for d in dirs for p in d.iterdir() if p.is_dir()] == []  # leaves gone too
     backend.prepare()  # idempotent: a restarted daemon finds its root in place
 
 
@@ -108,7 +133,8 @@ RUN_ONE = textwrap.dedent("""
         sb.close()
     print(json.dumps({"status": str(result.status), "stdout": result.stdout,
                       "message": result.message,
-                      "procs_files": [list(b.procs_files) for b in seen],
+                      "boxes": [[b.name, list(b.procs_files), b.program_procs_file]
+                                for b in seen],
                       "left": [p.name for p in sb.cgroups.box_dirs()]}))
 """)
 
@@ -122,8 +148,12 @@ def test_a_sandbox_with_cgroup_root_runs_a_program_below_it(root_name):
     out = json.loads(done.stdout.splitlines()[-1])
     assert (out["status"], out["stdout"]) == ("Accepted", "42\n"), out
     assert out["left"] == []
-    dirs = {str(d) for d in _root_dirs(cg.detect(VERSION, root_name))}
-    assert out["procs_files"], out
-    for files in out["procs_files"]:
-        assert {str(Path(p).parent.parent) for p in files} == dirs, files
-        assert len(files) == len(dirs)
+    backend = cg.detect(VERSION, root_name)
+    dirs = _root_dirs(backend)
+    assert out["boxes"], out
+    for name, procs_files, program_procs_file in out["boxes"]:
+        assert len(procs_files) == len(dirs), procs_files
+        assert set(procs_files) == _expected_procs_files(backend, name), procs_files
+        assert program_procs_file == str(
+            _memory_root(backend) / name / cg.PROGRAM / "cgroup.procs")
+        assert all(not (d / name).exists() for d in dirs)  # removed, leaves and all

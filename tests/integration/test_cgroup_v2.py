@@ -1,4 +1,5 @@
-"""cgroup v2 specifics, for real: delegation, the files each box gets, kill, no leftovers.
+"""cgroup v2 specifics, for real: delegation, the files each box and its keeper/ and
+program/ leaves get, kill, no leftovers.
 
 Runs where the host offers cgroup v2 with controllers: production hosts, and the VM
 lane (`make test-v2`, Debian 12's kernel under qemu). On a hybrid host such as our CI
@@ -15,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from sandboxd.jail import cgroup
-from sandboxd.jail.supervisor import SETUP_HEADROOM_BYTES
 from sandboxd.model import Status
+
+MIB = 2**20
 
 
 @pytest.fixture
@@ -45,7 +47,12 @@ def test_delegation_daemon_in_a_leaf_and_controllers_enabled(v2):
 
 
 async def test_box_cgroup_carries_the_limits_while_running(v2, execute):
+    """box/ holds the pids and CPU limits and no process of its own; keeper/ holds D and
+    the init, program/ the program with exactly its memory limit."""
     seen: dict[str, str] = {}
+    names = ["pids.max", "cpu.max", "memory.max", "cgroup.subtree_control", "cgroup.procs"]
+    for leaf in (cgroup.KEEPER, cgroup.PROGRAM):
+        names += [f"{leaf}/memory.max", f"{leaf}/memory.swap.max", f"{leaf}/cgroup.procs"]
 
     async def inspect():
         for _ in range(400):
@@ -53,11 +60,12 @@ async def test_box_cgroup_carries_the_limits_while_running(v2, execute):
             if dirs:
                 box = dirs[0]
                 try:
-                    for name in ("memory.max", "memory.swap.max", "pids.max", "cpu.max"):
+                    for name in names:
                         seen[name] = (box / name).read_text().strip()
                     # The setup runs with headroom; at the program's execve the init
-                    # narrows memory.max to the usage then + the program's limit.
-                    if int(seen["memory.max"]) < 100 * 2**20 + SETUP_HEADROOM_BYTES:
+                    # narrows the program's memory.max to exactly its limit.
+                    if seen["program/memory.max"] == str(100 * MIB) and seen[
+                            "program/cgroup.procs"]:
                         return
                 except FileNotFoundError:
                     pass
@@ -68,9 +76,15 @@ async def test_box_cgroup_carries_the_limits_while_running(v2, execute):
                 time_limit_ms=5000, wall_time_limit_ms=10_000),
         inspect())
     assert result.status is Status.ACCEPTED
-    # memory.max = the program's 100 MiB + the few MiB its box's init holds (measured).
-    assert 100 * 2**20 <= int(seen["memory.max"]) < 140 * 2**20, seen
-    assert seen["memory.swap.max"] == "0"
+    assert seen["program/memory.max"] == str(100 * MIB), seen
+    assert seen["keeper/memory.max"] == str(cgroup.KEEPER_MEMORY_BYTES), seen
+    assert seen["program/memory.swap.max"] == seen["keeper/memory.swap.max"] == "0", seen
+    assert seen["memory.max"] == "max", seen  # the box: its leaves carry the limits
+    assert "memory" in seen["cgroup.subtree_control"].split(), seen
+    assert seen["cgroup.procs"] == "", seen  # no internal processes
+    assert seen["keeper/cgroup.procs"] and seen["program/cgroup.procs"], seen
+    assert not set(seen["keeper/cgroup.procs"].split()) & set(
+        seen["program/cgroup.procs"].split()), seen
     assert seen["pids.max"] == "64"
     assert seen["cpu.max"] == "100000 100000"
 
@@ -81,7 +95,8 @@ async def test_oom_kill_read_from_memory_events_is_mle(v2, execute):
            "__asm__ volatile(\"\" ::: \"memory\");}}")
     result = await execute("c", src, memory_limit_mb=64)
     assert result.status is Status.MEMORY_LIMIT_EXCEEDED
-    assert 56 * 1024 <= result.memory_kb <= 66 * 1024, result.memory_kb  # memory.peak
+    # The program's own memory.peak: nothing of D's or the init's in it.
+    assert 56 * 1024 <= result.memory_kb <= 66 * 1024, result.memory_kb
 
 
 async def test_cpu_stat_time_limit(v2, execute):
@@ -100,3 +115,4 @@ async def test_no_box_cgroup_remains_after_50_runs(v2, execute):
         assert all(r.status in (Status.ACCEPTED, Status.RUNTIME_ERROR) for r in results)
     mine = [p for p in v2.box_dirs() if p.name.startswith(f"box-{os.getpid()}-")]
     assert mine == []
+    assert not any(p.name in (cgroup.KEEPER, cgroup.PROGRAM) for p in v2.root.rglob("*"))
