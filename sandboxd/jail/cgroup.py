@@ -503,10 +503,18 @@ class V1Cgroup(Cgroup):
         )
 
     def pids(self) -> list[int]:
-        try:
-            return [int(p) for p in _read(self.dirs["freezer"] / "cgroup.procs").split()]
-        except FileNotFoundError:
-            return []
+        freezer = self.dirs["freezer"]
+        # Where the freezer shares the memory hierarchy, the box's processes sit in its
+        # keeper/ and program/ children, not in the box directory itself.
+        leaves = [freezer] + ([self.keeper, self.program]
+                              if freezer == self.dirs["memory"] else [])
+        found: list[int] = []
+        for leaf in leaves:
+            try:
+                found += [int(p) for p in _read(leaf / "cgroup.procs").split()]
+            except FileNotFoundError:
+                pass
+        return found
 
     def kill_all(self) -> None:
         if self.dirs["freezer"].exists():

@@ -910,11 +910,6 @@ def test_v1_comounted_box_lifecycle_touches_each_directory_once(tmp_path, monkey
     assert backend.box_dirs() == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cgroup.py V1Cgroup.pids() reads only the freezer box directory's cgroup.procs; where "
-    "the freezer shares the memory hierarchy the box's processes are in keeper/ and "
-    "program/ below it, so kill_all() finds and kills nothing (and remove() then fails "
-    "EBUSY)"))
 @pytest.mark.parametrize("comount", [("memory,freezer",), ("memory,cpu,cpuacct,pids,freezer",)],
                          ids=["memory+freezer", "one-hierarchy"])
 def test_v1_freezer_sharing_the_memory_hierarchy_still_finds_and_kills_the_box(

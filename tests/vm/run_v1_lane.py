@@ -25,7 +25,7 @@ HIERARCHIES = "cpu,cpuacct/memory/pids/freezer"
 TIMEOUT_S = int(os.environ.get("SANDBOXD_VM_TIMEOUT", "1200"))
 # Real boxes through every part of the cgroup code: a hello world with the leak check
 # in every hierarchy, the stale sweep, CPU and memory limits, cgroup_root, and the
-# exec-time accounting API (pread of the usage files, program_started, stats).
+# keeper/program memory split with its accounting descriptors.
 TEST_FILES = [
     "tests/integration/test_cleanup.py",
     "tests/integration/test_limits.py",
@@ -37,7 +37,8 @@ TEST_FILES = [
 # OOM kill (TLE with time_ms 2050-2170 measured, in the v2 lane too, also on the commit
 # before this lane existed). The MLE path stays covered by allocating-while-printing.
 SELECT = ("(nothing_left_after_one_run or sweep_stale or cpu or memory or cgroup_root"
-          " or usage_files or program_started) and not gigabyte and not oom_kill_of_a_child")
+          " or accounting_files or program_procs or keeper or oom_killer)"
+          " and not gigabyte and not oom_kill_of_a_child")
 
 
 def main(argv: list[str]) -> int:
