@@ -161,12 +161,14 @@ async def test_no_refusal_no_evidence(sandbox, registry):
 
 
 async def test_refusal_is_evidence_even_when_another_limit_ends_the_run(sandbox, registry):
-    # Refused, then spins into the CPU limit: the report said so before the kill.
-    argv = ["/usr/bin/python3", "-c", MMAP_PROBE + "\nwhile True: pass\n"]
-    limits = BoxLimits(cpu_ms=300, wall_ms=5000 * int(SLOWDOWN), memory_bytes=128 << 20)
+    # Refused, then floods stdout past the output cap: the box is killed for the output
+    # limit, and the refusal was reported before the kill.
+    argv = ["/usr/bin/python3", "-c", MMAP_PROBE + "\nwhile True: sys.stdout.write('x' * 65536)\n"]
+    limits = BoxLimits(cpu_ms=int(5000 * SLOWDOWN), wall_ms=int(10_000 * SLOWDOWN),
+                       memory_bytes=128 << 20, output_bytes=1 << 16)
     out = await run_in_workspace(sandbox, registry, argv, stdin=b"big 8589934592 3 22\n",
                                  limits=limits)
-    assert out.cpu_exceeded and out.memory_refused, out
+    assert out.output_exceeded and out.memory_refused, out
 
 
 async def test_rlimit_data_on_request_fails_brk_growth_too(sandbox, registry):
