@@ -153,3 +153,16 @@ def seccomp_load_bpf_with_listener(program: bytes) -> int:
                       ctypes.c_uint(SECCOMP_FILTER_FLAG_NEW_LISTENER), ctypes.byref(prog)),
         "seccomp",
     )
+
+
+PTRACE_CONT = 7
+PTRACE_DETACH = 17
+PTRACE_SEIZE = 0x4206
+PTRACE_O_TRACEEXEC = 0x10
+PTRACE_O_EXITKILL = 0x100000
+PTRACE_EVENT_EXEC = 4
+
+
+def ptrace(request: int, pid: int, data: int = 0) -> None:
+    _check(_libc.ptrace(ctypes.c_long(request), ctypes.c_int(pid), ctypes.c_void_p(0),
+                        ctypes.c_void_p(data)), "ptrace")

@@ -49,10 +49,13 @@ I — PID 1, uid 0 inside (the keeper id), capabilities only inside the box
                 abort() would not die
   go            STARTED to the supervisor, which notes the CPU counter while every box
                 process sleeps, and answers GO; I then releases P
-  exec          execve closes a close-on-exec pipe of P's: I then reads P's CPU clock,
-                narrows the program's memory limit from the setup's headroom to the
-                limit, restarts its memory peak and reports EXECED: the program's
-                numbers and limit start exactly at its execve
+  trace         PTRACE_SEIZE P with TRACEEXEC (before GO): the kernel stops P right
+                after its execve
+  exec          at that stop, P frozen before its first instruction, I reads P's CPU
+                clock, narrows the program's memory limit from the setup's headroom to
+                the limit, restarts its memory peak, detaches and reports EXECED: the
+                program's numbers and limit start exactly at its execve. (Without
+                ptrace: when execve closes a close-on-exec pipe of P's.)
   reap          reap every child and answer P's over-limit allocations with ENOMEM
                 (seccomp.py); when P ends (or stops itself: then as if killed by the
                 stop signal), read the CPU counter, send EXITED, exit: the kernel then
@@ -289,6 +292,46 @@ def _await_exec(exec_r: int, program: int) -> int | None:
     return at_eof
 
 
+def _trace_exec(program: int) -> bool:
+    """Ask the kernel to stop P right after its execve (PTRACE_O_TRACEEXEC): the one
+    moment the program exists but has not run an instruction. I may trace its own
+    child (uid 0 and every capability in the box's user namespace); EXITKILL: P dies if
+    I does. False where ptrace is refused (e.g. Yama's ptrace_scope 3): the exec pipe
+    then tells the moment, a few microseconds late."""
+    try:
+        L.ptrace(L.PTRACE_SEIZE, program, L.PTRACE_O_TRACEEXEC | L.PTRACE_O_EXITKILL)
+    except OSError:
+        return False
+    return True
+
+
+def _stop_at_exec(program: int, memory_limit: int) -> tuple[int | None, int | None]:
+    """Wait for P's exec stop; there, with P frozen, take its CPU time, give it its
+    exact memory limit and a fresh peak, then let it go. Returns (P's CPU time up to
+    the execve, None), or (None, P's final wait status) if P ended before its execve.
+    """
+    exec_stop = (signal.SIGTRAP | L.PTRACE_EVENT_EXEC << 8) << 8 | 0x7F
+    while True:
+        _pid, status = os.waitpid(program, 0)
+        if not os.WIFSTOPPED(status):
+            return None, status  # a setup step failed (its report says so) or killed
+        if status == exec_stop:
+            pre_exec_ns = time.clock_gettime_ns(_process_cpu_clock(program))
+            _program_starts(pre_exec_ns, memory_limit)
+            L.ptrace(L.PTRACE_DETACH, program)
+            return pre_exec_ns, None
+        # A signal for P before its execve (or an event stop): deliver it and go on.
+        sig = os.WSTOPSIG(status)
+        L.ptrace(L.PTRACE_CONT, program, 0 if status >> 16 else sig)
+
+
+def _program_starts(pre_exec_ns: int, memory_limit: int) -> None:
+    limit_errno = _narrow_memory_limit(memory_limit)
+    _restart_peak()
+    protocol.report(REPORT_FD, {"kind": "EXECED", "pre_exec_cpu_ns": pre_exec_ns,
+                                "limit_errno": limit_errno})
+
+
 def _narrow_memory_limit(limit: int) -> int:
     """From the setup's headroom to exactly the program's limit.
 
@@ -406,19 +449,21 @@ def _init(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, lifeline: int) -> N
     os.close(exec_w)
     os.close(release_r)
     theirs.close()
+    traced = _trace_exec(program)
     _step("go", _ready_set_go)
     init_cpu_start = time.clock_gettime_ns(time.CLOCK_PROCESS_CPUTIME_ID)
     os.write(release_w, protocol.GO)
     os.close(release_w)
     refusals = _Refusals(_receive_listener(ours))
-    pre_exec_ns = _await_exec(exec_r, program)
+    if traced:
+        os.close(exec_r)
+        pre_exec_ns, ended = _stop_at_exec(program, spec.limits.memory_bytes)
+    else:
+        pre_exec_ns, ended = _await_exec(exec_r, program), None
+        if pre_exec_ns is not None:
+            _program_starts(pre_exec_ns, spec.limits.memory_bytes)
     started = time.monotonic_ns()
-    if pre_exec_ns is not None:
-        limit_errno = _narrow_memory_limit(spec.limits.memory_bytes)
-        _restart_peak()
-        protocol.report(REPORT_FD, {"kind": "EXECED", "pre_exec_cpu_ns": pre_exec_ns,
-                                    "limit_errno": limit_errno})
-    status = _reap_until_program_ends(program, refusals)
+    status = ended if ended is not None else _reap_until_program_ends(program, refusals)
     wall = time.monotonic_ns() - started
     cpu = parse_cpu_usage_ns(_read_counter(CPU_USAGE_FD))
     init_cpu = time.clock_gettime_ns(time.CLOCK_PROCESS_CPUTIME_ID) - init_cpu_start

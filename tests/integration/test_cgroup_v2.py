@@ -17,6 +17,7 @@ import pytest
 
 from sandboxd.jail import cgroup
 from sandboxd.model import Status
+from tests.conftest import SLOWDOWN
 
 MIB = 2**20
 
@@ -93,7 +94,7 @@ async def test_oom_kill_read_from_memory_events_is_mle(v2, execute):
     src = ("#include <stdlib.h>\n#include <string.h>\nint main(void){"
            "for(;;){char*p=malloc(1<<20); if(!p) return 3; memset(p,1,1<<20);"
            "__asm__ volatile(\"\" ::: \"memory\");}}")
-    result = await execute("c", src, memory_limit_mb=64)
+    result = await execute("c", src, memory_limit_mb=64, time_limit_ms=int(2000 * SLOWDOWN))
     assert result.status is Status.MEMORY_LIMIT_EXCEEDED
     # The program's own memory.peak: nothing of D's or the init's in it.
     assert 56 * 1024 <= result.memory_kb <= 66 * 1024, result.memory_kb

@@ -25,6 +25,7 @@ from sandboxd.config import Config
 from sandboxd.jail import supervisor
 from sandboxd.model import Status
 from sandboxd.verdict import COMPILE_OUTPUT_TRUNCATED
+from tests.conftest import SLOWDOWN
 from tests.integration.hostile import describe
 
 MIB = 1024 * 1024
@@ -81,7 +82,8 @@ print("holding", len(data) >> 20, "MiB", flush=True)
 
 
 async def test_python_raising_keyerror_at_245_of_256_mib_is_runtime_error(execute):
-    result = await execute("python3", NEAR_LIMIT_PY, memory_limit_mb=256)
+    result = await execute("python3", NEAR_LIMIT_PY, memory_limit_mb=256,
+                           time_limit_ms=int(2000 * SLOWDOWN))
     assert result.stdout == "holding 241 MiB\n", describe(result)
     assert result.status is Status.RUNTIME_ERROR, describe(result)
     assert result.exit_code == 1 and result.stderr.rstrip().endswith("KeyError: 'missing'")
@@ -302,8 +304,9 @@ console.log(dfs(0, 1));
 
 @pytest.mark.parametrize("language", sorted(DFS))
 async def test_recursion_a_million_deep_is_accepted_at_the_default_limits(execute, language):
+    # The default 2 s (scaled only under the VM lane's emulation, SLOWDOWN times slower).
     result = await execute(language, DFS[language], stdin=f"{DEEP}\n",
-                           expected_output=f"{DEEP}\n")
+                           expected_output=f"{DEEP}\n", time_limit_ms=int(2000 * SLOWDOWN))
     assert result.status is Status.ACCEPTED, describe(result)[:3000]
 
 
