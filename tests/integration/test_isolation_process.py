@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from sandboxd.model import Status
+from tests.conftest import SLOWDOWN
 from tests.integration.hostile import assert_checks, c_program, checks, describe
 
 SIGSYS = signal.SIGSYS.value
@@ -605,7 +606,7 @@ else:
 async def test_two_boxes_at_once_cannot_see_or_signal_each_other(execute, sandbox):
     assert sandbox.slot_count >= 2, "needs two boxes at once"
     a, b = f"isoA{secrets.token_hex(6)}", f"isoB{secrets.token_hex(6)}"
-    limits = {"time_limit_ms": 2000, "wall_time_limit_ms": 40_000}
+    limits = {"time_limit_ms": int(2000 * SLOWDOWN), "wall_time_limit_ms": 40_000}
     task_a = asyncio.create_task(execute("python3", BOX_PEER, stdin=f"{a} {b} killer", **limits))
     task_b = asyncio.create_task(execute("python3", BOX_PEER, stdin=f"{b} {a} victim", **limits))
     tasks = [task_a, task_b]
