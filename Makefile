@@ -42,6 +42,7 @@ install: deps
 test: deps
 	$(PY) -m pytest tests -ra
 	$(MAKE) test-v2
+	$(MAKE) test-v1-comount
 
 test-unit: deps
 	$(PY) -m pytest tests/unit -q
@@ -54,7 +55,7 @@ test-v2: deps
 	$(PY) tests/vm/run_v2_lane.py
 
 # cgroup v1 with cpu,cpuacct co-mounted (systemd's hybrid layout), in the same VM: a few
-# real boxes (tests/vm/run_v1_lane.py). Not part of `make test` (this host is v1 already).
+# real boxes (tests/vm/run_v1_lane.py): the layout most systemd hybrid hosts have.
 test-v1-comount: deps
 	$(PY) tests/vm/run_v1_lane.py
 
