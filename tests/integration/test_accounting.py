@@ -8,7 +8,9 @@ are both exact, so the bounds here are tight; a measurement exposed to schedulin
 
 from __future__ import annotations
 
+import os
 import statistics
+import subprocess
 
 from sandboxd.model import Status
 from tests.conftest import SLOWDOWN
@@ -19,18 +21,36 @@ MIB = 1024 * 1024
 C_HELLO = '#include <stdio.h>\nint main(void) { puts("hello"); return 0; }\n'
 
 
+def _direct_cpu_ms(binary: str, runs: int = 5) -> float:
+    """Median CPU time of `binary` run directly (posix_spawn: no forked interpreter to
+    tear down at the execve), from the kernel's rusage of the child."""
+    times = []
+    for _ in range(runs):
+        pid = os.posix_spawn(binary, [binary], {}, file_actions=[
+            (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0)])
+        _, _, usage = os.wait4(pid, 0)
+        times.append((usage.ru_utime + usage.ru_stime) * 1000)
+    return statistics.median(times)
+
+
 async def test_c_hello_world_reports_at_most_2_ms_of_cpu_and_no_more_than_its_wall_time(
-        execute):
+        execute, tmp_path):
     results = [await execute("c", C_HELLO) for _ in range(5)]
     for r in results:
         assert r.status is Status.ACCEPTED and r.stdout == "hello\n", describe(r)
     times = [r.time_ms for r in results]
     walls = [r.wall_time_ms for r in results]
-    # The box's setup (fork of the program, dropping privileges, seccomp) is not the
-    # program's: a C hello world uses well under a millisecond of CPU after its execve.
-    # (Under the VM lane's software emulation the program itself runs SLOWDOWN times
-    # slower: its own cost scales, what is left out of it does not.)
-    assert statistics.median(times) <= 2 * SLOWDOWN, f"time_ms of 5 runs: {times} (wall {walls})"
+    # The same program run directly, in this same test: what the box reports may exceed
+    # that by rounding and noise, never by the sandbox's own setup (fork of the program,
+    # dropping privileges, seccomp: several ms, tens under emulation).
+    (tmp_path / "hello.c").write_text(C_HELLO)
+    subprocess.run(["gcc", "-O2", "-o", str(tmp_path / "hello"), str(tmp_path / "hello.c")],
+                   check=True)
+    direct = _direct_cpu_ms(str(tmp_path / "hello"))
+    assert statistics.median(times) <= direct + 2 * SLOWDOWN, (
+        f"time_ms of 5 runs: {times} (wall {walls}); run directly: {direct:.2f} ms")
+    if SLOWDOWN == 1:  # the target on real hardware: a hello world costs under 2 ms
+        assert statistics.median(times) <= 2, f"time_ms of 5 runs: {times} (wall {walls})"
     # A single-threaded program cannot use more CPU than wall-clock time.
     over = [t - w for t, w in zip(times, walls, strict=True)]
     assert statistics.median(over) <= 1 * SLOWDOWN, f"time_ms {times} vs wall_time_ms {walls}"
@@ -96,9 +116,10 @@ async def test_500_ms_time_limit_kills_a_spin_at_500_to_510_ms_of_cpu(execute):
     result = await execute("c", SPIN_FOREVER, time_limit_ms=500, wall_time_limit_ms=10_000)
     assert result.status is Status.TIME_LIMIT_EXCEEDED, describe(result)
     # The watchdog sleeps until the limit can first be reached; 10 ms covers its wakeup
-    # and the kill (scaled under emulation, where everything reacts SLOWDOWN times slower).
-    assert result.time_ms is not None and 500 <= result.time_ms <= 500 + 10 * SLOWDOWN, (
-        result.time_ms)
+    # and the kill. Under the VM lane's emulation, reading cpu.stat, waking the event
+    # loop and cgroup.kill are each tens of times slower: there the bound is 25 ms a unit.
+    slack = 10 if SLOWDOWN == 1 else 25 * SLOWDOWN
+    assert result.time_ms is not None and 500 <= result.time_ms <= 500 + slack, result.time_ms
     assert result.signal == 9
 
 
