@@ -205,3 +205,14 @@ def test_every_shipped_language_names_its_packages_and_tests():
             assert lang.test_program(case), f"{lang.id}: no tests.{case}"
         if lang.compile_step:
             assert lang.test_program("syntax"), f"{lang.id}: no tests.syntax"
+
+
+def test_readme_example_table_is_a_valid_language(tmp_path):
+    """README.md's "Adding a language" example loads as written, tests included."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("**Adding a language**"):]
+    example = section[section.index("```\n") + 4:section.index("\n```", section.index("```\n") + 4)]
+    reg = load(tmp_path, example)
+    (lang,) = list(reg)
+    assert lang.packages and lang.check and lang.test_program("hello")
+    assert all(lang.test_program(c) for c in ("hello", "sum", "error", "syntax"))
