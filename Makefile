@@ -7,24 +7,35 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 LISTEN ?= 127.0.0.1:8080
-# Build deps (libcap-dev for python-prctl), the seccomp runtime, the toolchains of
-# languages.toml, and what the cgroup v2 VM lane boots with.
-APT_PACKAGES := libcap-dev libseccomp2 python3-venv python3-dev gcc g++ make \
-	openjdk-17-jdk-headless nodejs curl \
+# Build deps (libcap-dev for python-prctl), the seccomp runtime, and what the cgroup v2
+# VM lane boots with; then the toolchains, from the `packages` of languages.toml:
+# every language by default, `make deps LANGUAGES="c cpp python3"` only those.
+BASE_PACKAGES := libcap-dev libseccomp2 python3-venv python3-dev gcc g++ make curl \
 	qemu-system-x86 busybox-static cpio kmod
+LANGUAGES ?=
+LANGUAGE_PACKAGES := $(shell $(PYTHON) -c 'import sys, tomllib; d = tomllib.load(open("languages.toml", "rb")); want = sys.argv[1:] or list(d); bad = [w for w in want if w not in d]; bad and sys.exit("unknown language(s): " + " ".join(bad)); print(*sorted({p for w in want for p in d[w].get("packages", [])}))' $(LANGUAGES))
+ifeq ($(LANGUAGE_PACKAGES),)
+$(error cannot read the packages of languages.toml (LANGUAGES="$(LANGUAGES)"))
+endif
+APT_PACKAGES := $(BASE_PACKAGES) $(LANGUAGE_PACKAGES)
 
-.PHONY: deps run install test test-unit test-host test-v2 test-v1-comount lint bench clean
+.PHONY: FORCE deps run install test test-unit test-host test-v2 test-v1-comount lint bench clean
 
 deps: $(VENV)/.installed
 
-# apt only when something is missing, so a second run is fast and offline.
-.apt-stamp:
+# apt only when something is missing, so a second run is fast and offline (dpkg -s per
+# package). .apt-stamp records the package set; it changes (and the venv is refreshed)
+# only when the set does, e.g. a new language or another LANGUAGES.
+.apt-stamp: FORCE
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing:" $$missing; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			--no-install-recommends $$missing; \
 	fi
-	@touch $@
+	@echo "$(APT_PACKAGES)" | cmp -s - $@ || echo "$(APT_PACKAGES)" > $@
+
+FORCE:
 
 $(VENV)/.installed: pyproject.toml .apt-stamp
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

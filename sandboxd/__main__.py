@@ -69,7 +69,10 @@ def cmd_languages(args: argparse.Namespace) -> int:
         return _fail(str(e))
     for lang in registry:
         kind = "compiled" if lang.compiled else "interpreted"
-        print(f"{lang.id:12} {lang.name:24} {kind:12} {lang.source}")
+        # Only whether its programs exist (the daemon also runs the version command).
+        missing = languages.missing_executables(lang)
+        state = f"not installed ({' '.join(lang.packages)})" if missing else "installed"
+        print(f"{lang.id:12} {lang.name:32} {kind:12} {lang.source:12} {state}")
     return 0
 
 

@@ -55,6 +55,10 @@ class LanguageCatalog(Protocol):
         """One entry per language, commands as run under `config`'s default limits."""
         ...
 
+    def unavailable_reason(self, language_id: str) -> str | None:
+        """Why a known language cannot run on this host (toolchain missing), or None."""
+        ...
+
 
 class ApiError(Exception):
     """A request the API refuses; becomes `{"error": message}` with `status`."""
@@ -109,6 +113,10 @@ def parse_submission(
     if language not in languages:
         known = ", ".join(sorted(str(d.get("id")) for d in languages.describe(config)))
         raise ApiError(400, f"unknown language {language!r}; known languages: {known}")
+    unavailable = languages.unavailable_reason(language)
+    if unavailable is not None:
+        raise ApiError(400, f"language {language!r} is unavailable on this server: "
+                            f"{unavailable}")
     _check_size("source", source, config.server.max_source_bytes, "server.max_source_bytes")
     stdin = _string(data, "stdin", default="")
     _check_size("stdin", stdin, config.server.max_stdin_bytes, "server.max_stdin_bytes")

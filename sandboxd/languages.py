@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandboxd.config import Config
+from sandboxd.config import Config, StepLimits
 from sandboxd.jail.spec import Bind
 from sandboxd.verdict import OutOfMemory
 
@@ -76,8 +76,9 @@ class StepSizes:
         return StepSizes(memory_limit_mb, config.sandbox.stack_limit_mb)
 
     @staticmethod
-    def compile(config: Config) -> StepSizes:
-        return StepSizes(config.sandbox.compile.memory_mb, config.sandbox.stack_limit_mb)
+    def compile(config: Config, lang: Language | None = None) -> StepSizes:
+        limits = lang.compile_limits(config) if lang else config.sandbox.compile
+        return StepSizes(limits.memory_mb, config.sandbox.stack_limit_mb)
 
     def stack_limit_kb(self) -> int:
         # The stack a program may use: RLIMIT_STACK when one is configured, else all of
@@ -86,6 +87,21 @@ class StepSizes:
         if self.stack_limit_mb:
             stack_mb = min(stack_mb, self.stack_limit_mb)
         return max(min(stack_mb * 1024, MAX_STACK_KB) - STACK_MARGIN_KB, 256)
+
+
+@dataclass(frozen=True)
+class CompileOverride:
+    """Per-language compile-step limits (languages.toml `compile_limits`): a compiler
+    that needs more than the configured defaults (a JVM-hosted one) gets the larger of
+    the two per field, so an operator raising the defaults raises every language."""
+
+    cpu_ms: int | None = None
+    wall_ms: int | None = None
+    memory_mb: int | None = None
+    processes: int | None = None
+
+
+_TEST_CASES = ("hello", "sum", "error", "syntax", "memory")
 
 
 @dataclass(frozen=True)
@@ -109,7 +125,24 @@ class Language:
     # so every allocation larger than the memory limit fails alike on every host.
     data_limit: bool = False
     self_test: str = ""
+    # Debian packages of the toolchain (`make deps` installs them).
+    packages: tuple[str, ...] = ()
+    compile_override: CompileOverride = CompileOverride()
+    # Test programs by case (hello, sum, error, syntax, memory), run by the test suite.
+    tests: tuple[tuple[str, str], ...] = ()
     version: str | None = field(default=None, compare=False)
+
+    def compile_limits(self, config: Config) -> StepLimits:
+        """The compile step's limits: the configured ones, raised where this language
+        needs more."""
+        c, o = config.sandbox.compile, self.compile_override
+        return StepLimits(cpu_ms=max(c.cpu_ms, o.cpu_ms or 0),
+                          wall_ms=max(c.wall_ms, o.wall_ms or 0),
+                          memory_mb=max(c.memory_mb, o.memory_mb or 0),
+                          processes=max(c.processes, o.processes or 0, self.processes or 0))
+
+    def test_program(self, case: str) -> str | None:
+        return dict(self.tests).get(case)
 
     @property
     def compiled(self) -> bool:
@@ -132,7 +165,8 @@ class Language:
     def run_argv(self, sizes: StepSizes) -> tuple[str, ...]:
         return self.argv(self.run, sizes)
 
-    def describe(self, run: StepSizes, compile: StepSizes) -> dict[str, Any]:
+    def describe(self, run: StepSizes, compile: StepSizes,
+                 unavailable: str | None = None) -> dict[str, Any]:
         """GET /languages: the commands as a box runs them under `run`/`compile` sizes
         (the defaults), not templates with placeholders nobody can interpret."""
         step = self.compile_step
@@ -144,6 +178,9 @@ class Language:
             "source_file": self.source,
             "compile_command": list(self.argv(step, compile)) if step else None,
             "run_command": list(self.run_argv(run)),
+            "available": unavailable is None,
+            "unavailable_reason": unavailable,
+            "packages": list(self.packages),
         }
 
 
@@ -157,6 +194,9 @@ class Registry:
 
     def __init__(self, languages: list[Language]) -> None:
         self._by_id = {lang.id: lang for lang in languages}
+        # Languages whose toolchain does not work here (not installed, or its version
+        # command fails in a box), with the reason: listed, but refused.
+        self._unavailable: dict[str, str] = {}
 
     def __contains__(self, language_id: object) -> bool:
         return language_id in self._by_id
@@ -174,19 +214,36 @@ class Registry:
         lang = self._by_id[language_id]
         self._by_id[language_id] = Language(**{**lang.__dict__, "version": version})
 
+    def set_unavailable(self, language_id: str, reason: str) -> None:
+        self._unavailable[language_id] = reason
+
+    def unavailable_reason(self, language_id: str) -> str | None:
+        """Why `language_id` cannot run on this host, or None if it can."""
+        return self._unavailable.get(language_id)
+
     def describe(self, config: Config | None = None) -> list[dict[str, Any]]:
         """Every language, its commands filled for `config`'s default limits."""
         config = config or Config()
         run = StepSizes.run(config, config.limits.memory_limit_mb.default)
-        compile = StepSizes.compile(config)
-        return [lang.describe(run, compile) for lang in self._by_id.values()]
+        return [lang.describe(run, StepSizes.compile(config, lang),
+                              self._unavailable.get(lang.id))
+                for lang in self._by_id.values()]
+
+
+def missing_executables(lang: Language) -> list[str]:
+    """The absolute program paths of `lang`'s commands this host lacks: a toolchain
+    that is not installed (checked before any box is built for it)."""
+    commands = [c for c in (lang.compile, lang.check, lang.run, lang.version_command) if c]
+    programs = dict.fromkeys(c[0] for c in commands if c[0].startswith("/"))
+    return [p for p in programs if not os.path.exists(p)]
 
 
 # --------------------------------------------------------------------------- loading
 
 _FIELDS = {"name", "source", "compile", "check", "run", "version", "rootfs", "env",
            "processes", "extra_syscalls", "heap", "out_of_memory", "data_limit",
-           "self_test"}
+           "self_test", "packages", "compile_limits", "tests"}
+_COMPILE_LIMIT_FIELDS = ("cpu_ms", "wall_ms", "memory_mb", "processes")
 _OOM_FIELDS = {"exit_codes", "signals", "stderr"}
 
 
@@ -249,6 +306,42 @@ def _out_of_memory(lang: str, value: Any) -> OutOfMemory:
             raise LanguageError(f"{where}: stderr pattern {pattern!r}: {e}") from None
     return OutOfMemory(exit_codes=frozenset(codes), signals=frozenset(signals),
                        stderr=tuple(compiled))
+
+
+def _compile_override(lang: str, value: Any) -> CompileOverride:
+    where = f"language {lang}: compile_limits"
+    if not isinstance(value, dict):
+        raise LanguageError(f"{where} must be a table of {', '.join(_COMPILE_LIMIT_FIELDS)}")
+    unknown = set(value) - set(_COMPILE_LIMIT_FIELDS)
+    if unknown:
+        raise LanguageError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    for key, v in value.items():
+        if type(v) is not int or v < 1:
+            raise LanguageError(f"{where}: {key} must be a positive integer")
+    return CompileOverride(**value)
+
+
+def _packages(lang: str, value: Any) -> tuple[str, ...]:
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(p, str) and re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", p)
+                       for p in value)):
+        raise LanguageError(f"language {lang}: packages must be a non-empty list of "
+                            "Debian package names")
+    return tuple(value)
+
+
+def _tests(lang: str, value: Any) -> tuple[tuple[str, str], ...]:
+    where = f"language {lang}: tests"
+    if not isinstance(value, dict):
+        raise LanguageError(f"{where} must be a table of programs")
+    unknown = set(value) - set(_TEST_CASES)
+    if unknown:
+        raise LanguageError(f"{where}: unknown case(s) {', '.join(sorted(unknown))} "
+                            f"(known: {', '.join(_TEST_CASES)})")
+    for case, program in value.items():
+        if not isinstance(program, str) or not program.strip():
+            raise LanguageError(f"{where}: {case} must be a non-empty string")
+    return tuple((case, value[case]) for case in _TEST_CASES if case in value)
 
 
 def _string(lang: str, key: str, value: Any) -> str:
@@ -349,6 +442,10 @@ def _language(lang: str, data: Any, rootfs_dir: Path) -> Language:
                        if "out_of_memory" in data else None),
         data_limit=data_limit,
         self_test=data.get("self_test", ""),
+        packages=_packages(lang, data["packages"]) if "packages" in data else (),
+        compile_override=(_compile_override(lang, data["compile_limits"])
+                          if "compile_limits" in data else CompileOverride()),
+        tests=_tests(lang, data.get("tests", {})),
     )
 
 

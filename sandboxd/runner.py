@@ -60,7 +60,7 @@ class Runner:
                 compile_step = lang.compile_step
                 if compile_step is not None:
                     compiled = await self.sandbox.run(self._spec(
-                        lang, lang.argv(compile_step, StepSizes.compile(self.config)),
+                        lang, lang.argv(compile_step, StepSizes.compile(self.config, lang)),
                         self._compile_limits(lang), slot, workspace, merge_stderr=True))
                     verdict = decided_by_compile(compiled)
                     if verdict is not None:
@@ -76,19 +76,24 @@ class Runner:
 
     async def version(self, lang: Language) -> str | None:
         """The toolchain's version, asked in a real box (doubles as a start-up self-test)."""
+        ok, version, _ = await self.probe(lang)
+        return version if ok else None
+
+    async def probe(self, lang: Language) -> tuple[bool, str | None, str]:
+        """Run the version command in a real box: (it exited 0, the version in its
+        output, the output). A toolchain that cannot run here fails this."""
         assert lang.version_command is not None
         async with self.sandbox.slot() as slot:
             workspace = self.sandbox.workspace(slot, self.config.sandbox.disk_limit_mb)
             try:
                 outcome = await self.sandbox.run(self._spec(
-                    lang, lang.argv(lang.version_command, StepSizes.compile(self.config)),
+                    lang, lang.argv(lang.version_command, StepSizes.compile(self.config, lang)),
                     self._compile_limits(lang), slot, workspace,
                     merge_stderr=True))
             finally:
                 workspace.destroy()
-        if outcome.exit_code != 0:
-            return None
-        return parse_version(outcome.stdout.decode(errors="replace"))
+        output = outcome.stdout.decode(errors="replace")
+        return outcome.exit_code == 0, parse_version(output), output
 
     def _box_limits(self, *, cpu_ms: int, wall_ms: int, memory_mb: int,
                     processes: int) -> BoxLimits:
@@ -106,9 +111,9 @@ class Runner:
         )
 
     def _compile_limits(self, lang: Language) -> BoxLimits:
-        c = self.config.sandbox.compile
+        c = lang.compile_limits(self.config)
         limits = self._box_limits(cpu_ms=c.cpu_ms, wall_ms=c.wall_ms, memory_mb=c.memory_mb,
-                                  processes=max(c.processes, lang.processes or 0))
+                                  processes=c.processes)
         # Compiler output is information: past the cap it is dropped and the compiler
         # keeps running, so only its exit status and time/memory limits judge it.
         return dataclasses.replace(limits, output_overflow_kills=False)

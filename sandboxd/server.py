@@ -19,7 +19,7 @@ from sandboxd import api
 from sandboxd import languages as languages_mod
 from sandboxd.config import Config
 from sandboxd.jail import seccomp
-from sandboxd.jail.spec import SeccompProfile
+from sandboxd.jail.spec import JailError, SeccompProfile
 from sandboxd.jail.supervisor import Sandbox
 from sandboxd.runner import Runner
 from sandboxd.service import Service
@@ -77,13 +77,36 @@ def make_sandbox(config: Config) -> Sandbox:
 
 
 async def probe_versions(runner: Runner, registry: languages_mod.Registry) -> None:
+    """Every language's toolchain, checked: its programs exist on this host, and its
+    version command succeeds in a real box. One that fails is listed as unavailable
+    (GET /languages) and refused (400), never a reason not to start."""
+
+    def unavailable(lang: languages_mod.Language, reason: str) -> None:
+        log.warning("language %s unavailable: %s", lang.id, reason)
+        registry.set_unavailable(lang.id, reason)
+
     async def probe(lang: languages_mod.Language) -> None:
-        version = await runner.version(lang)
+        missing = languages_mod.missing_executables(lang)
+        if missing:
+            unavailable(lang, f"toolchain not installed ({', '.join(missing)} missing; "
+                              f"Debian packages: {' '.join(lang.packages)})")
+            return
+        if not lang.version_command:
+            return
+        try:
+            ok, version, output = await runner.probe(lang)
+        except JailError as e:
+            unavailable(lang, f"version command could not run: {e}")
+            return
+        if not ok:
+            last = output.strip().splitlines()[-1:] or ["no output"]
+            unavailable(lang, f"version command failed: {last[0][:200]}")
+            return
         registry.set_version(lang.id, version)
         if version is None:
             log.warning("language %s: version command gave no version", lang.id)
 
-    await asyncio.gather(*(probe(lang) for lang in registry if lang.version_command))
+    await asyncio.gather(*(probe(lang) for lang in registry))
 
 
 async def serve(config: Config) -> None:

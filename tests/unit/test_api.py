@@ -64,6 +64,7 @@ class FakeRunner:
 class FakeCatalog:
     def __init__(self) -> None:
         self.broken = False
+        self.unavailable: dict[str, str] = {}
         self._languages = [
             {"id": "python3", "name": "Python 3.11", "compiled": False},
             {"id": "c", "name": "C (gcc 12)", "compiled": True},
@@ -71,6 +72,9 @@ class FakeCatalog:
 
     def __contains__(self, language_id: str) -> bool:
         return any(d["id"] == language_id for d in self._languages)
+
+    def unavailable_reason(self, language_id: str) -> str | None:
+        return self.unavailable.get(language_id)
 
     def describe(self, config: Config) -> list[dict[str, Any]]:
         self.described_with = config
@@ -562,3 +566,13 @@ def test_api_does_not_import_the_jail() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_unavailable_language_is_a_clear_400(env: Env) -> None:
+    env.catalog.unavailable["c"] = "toolchain not installed (/usr/bin/gcc missing)"
+    status, body = await post(env, {"language": "c", "source": "x"})
+    assert status == 400
+    assert "'c' is unavailable" in body["error"] and "/usr/bin/gcc missing" in body["error"]
+    assert env.runner.submissions == []
+    status, _ = await post(env, {"language": "python3", "source": "x"})
+    assert status == 202

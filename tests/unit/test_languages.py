@@ -135,6 +135,12 @@ def test_describe_fills_commands_for_the_default_limits():
     (GOOD + 'out_of_memory = { signals = ["SIGNOPE"], stderr = ["x"] }\n', ["c", "SIGNOPE"]),
     (GOOD + 'out_of_memory = { exit_codes = [3], stderr = ["(x"] }\n', ["c", "stderr", "(x"]),
     (GOOD + 'out_of_memory = { exit_codes = [3], stderr = ["x"], code = 1 }\n', ["c", "code"]),
+    (GOOD + "packages = []\n", ["c", "packages"]),
+    (GOOD + 'packages = ["gcc; rm -rf /"]\n', ["c", "packages"]),
+    (GOOD + "compile_limits = { cpu_ms = 0 }\n", ["c", "compile_limits", "cpu_ms"]),
+    (GOOD + "compile_limits = { cpu = 100 }\n", ["c", "compile_limits", "cpu"]),
+    (GOOD + "[c.tests]\nhelo = 'x'\n", ["c", "tests", "helo"]),
+    (GOOD + "[c.tests]\nhello = ''\n", ["c", "tests", "hello"]),
 ])
 def test_broken_tables_name_language_and_field(tmp_path, text, words):
     with pytest.raises(languages.LanguageError) as e:
@@ -165,3 +171,48 @@ def test_parse_version():
     assert languages.parse_version("v20.20.2\n") == "20.20.2"
     assert languages.parse_version("Python 3.11.2") == "3.11.2"
     assert languages.parse_version("no digits") is None
+
+
+def test_compile_limits_raise_the_configured_ones(tmp_path):
+    reg = load(tmp_path, GOOD + 'packages = ["gcc"]\n'
+               "compile_limits = { cpu_ms = 15000, memory_mb = 768 }\n")
+    c = reg["c"]
+    assert c.packages == ("gcc",)
+    limits = c.compile_limits(CFG)
+    assert (limits.cpu_ms, limits.wall_ms, limits.memory_mb, limits.processes) == (
+        15000, CFG.sandbox.compile.wall_ms, 768, CFG.sandbox.compile.processes)
+    # Placeholders of the compile step are filled from the raised limit.
+    assert languages.StepSizes.compile(CFG, c).memory_limit_mb == 768
+    entry = reg.describe(CFG)[0]
+    assert entry["packages"] == ["gcc"] and entry["available"] is True
+
+
+def test_unavailable_language_is_described_with_its_reason(tmp_path):
+    reg = load(tmp_path, GOOD.replace('["gcc", "main.c"]', '["/nonexistent/cc", "main.c"]'))
+    assert languages.missing_executables(reg["c"]) == ["/nonexistent/cc"]
+    reg.set_unavailable("c", "toolchain not installed")
+    entry = reg.describe(CFG)[0]
+    assert entry["available"] is False
+    assert entry["unavailable_reason"] == "toolchain not installed"
+    assert reg.unavailable_reason("c") == "toolchain not installed"
+
+
+def test_every_shipped_language_names_its_packages_and_tests():
+    reg = languages.load(CFG.server.languages_file, CFG.sandbox.rootfs_dir)
+    for lang in reg:
+        assert lang.packages, f"{lang.id}: no packages"
+        for case in ("hello", "sum", "error"):
+            assert lang.test_program(case), f"{lang.id}: no tests.{case}"
+        if lang.compile_step:
+            assert lang.test_program("syntax"), f"{lang.id}: no tests.syntax"
+
+
+def test_readme_example_table_is_a_valid_language(tmp_path):
+    """README.md's "Adding a language" example loads as written, tests included."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("**Adding a language**"):]
+    example = section[section.index("```\n") + 4:section.index("\n```", section.index("```\n") + 4)]
+    reg = load(tmp_path, example)
+    (lang,) = list(reg)
+    assert lang.packages and lang.check and lang.test_program("hello")
+    assert all(lang.test_program(c) for c in ("hello", "sum", "error", "syntax"))

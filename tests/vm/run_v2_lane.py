@@ -51,6 +51,9 @@ TEST_FILES = [
 # The 200-run leak test is covered here by test_cgroup_v2's 50 runs. The guest has no
 # disk file system (tmpfs overlay, 9p), so no page cache to charge: file_cache would skip.
 DESELECT = "not java and not cpp and not 200_mixed and not file_cache"
+# The languages whose per-language tests (test_languages.py) run in the guest: the
+# other toolchains (JVMs, GHC, tsc, ...) take tens of seconds a compile under TCG.
+VM_LANGUAGES = "c python3 bash"
 
 
 def summarise(junit: str) -> tuple[int, int, int, int]:
@@ -80,6 +83,8 @@ def main(argv: list[str]) -> int:
             # Software emulation runs programs several times slower: "fast enough"
             # thresholds of the tests scale; limits and their precision checks do not.
             "--env", f"SANDBOXD_TEST_SLOWDOWN={SLOWDOWN}",
+            # Of the per-language tests, one compiled and two interpreted languages.
+            "--env", f"SANDBOXD_TEST_LANGUAGES={VM_LANGUAGES}",
             "--cwd", REPO, "--",
             python, "-m", "pytest", "-v", "-rs", "-p", "no:cacheprovider",
             f"--junitxml={GUEST_RESULTS}/junit.xml", *selection,
