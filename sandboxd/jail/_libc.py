@@ -155,6 +155,24 @@ def seccomp_load_bpf_with_listener(program: bytes) -> int:
     )
 
 
+_SYS_rt_sigaction = 13  # x86_64
+NSIG = 64
+
+
+class _KernelSigaction(ctypes.Structure):
+    _fields_ = [("handler", ctypes.c_void_p), ("flags", ctypes.c_ulong),
+                ("restorer", ctypes.c_void_p), ("mask", ctypes.c_uint64)]
+
+
+def reset_signal(sig: int) -> None:
+    """Default disposition for `sig`, by the raw syscall: also for 32 and 33, which
+    glibc (and so Python's signal module) keeps for itself and refuses to touch."""
+    act = _KernelSigaction(None, 0, None, 0)  # SIG_DFL, no flags, empty mask
+    _check(_libc.syscall(ctypes.c_long(_SYS_rt_sigaction), ctypes.c_int(sig),
+                         ctypes.byref(act), ctypes.c_void_p(0), ctypes.c_size_t(8)),
+           f"rt_sigaction {sig}")
+
+
 PTRACE_CONT = 7
 PTRACE_DETACH = 17
 PTRACE_SEIZE = 0x4206

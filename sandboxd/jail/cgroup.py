@@ -144,6 +144,13 @@ class Cgroup(ABC):
     @abstractmethod
     def cpu_ns(self) -> int: ...
 
+    def program_pids(self) -> list[int]:
+        """The processes in the program's memory cgroup (host pids)."""
+        try:
+            return [int(p) for p in _read(Path(self.program_procs_file)).split()]
+        except FileNotFoundError:
+            return []
+
     @abstractmethod
     def stats(self) -> CgroupStats:
         """CPU of the whole box; memory of the program's cgroup only."""
@@ -441,7 +448,14 @@ class V2Backend(CgroupBackend):
 
 def _freeze_kill_thaw(state_file: Path, frozen: str, thawed: str,
                       pids: Callable[[], list[int]]) -> None:
-    """Freeze so nothing forks between listing and killing, SIGKILL all, thaw to let them die."""
+    """SIGKILL all at once (a program over its CPU limit stops now, not after the freeze
+    settles), then freeze so nothing forked meanwhile escapes, SIGKILL all, thaw to let
+    them die."""
+    for pid in pids():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     try:
         _write(state_file, frozen)
         for pid in pids():

@@ -119,6 +119,9 @@ INOTIFY_LIMITS = (("/proc/sys/user/max_inotify_instances", "64"),
 # Signals a process can have a disposition for (SIGKILL/SIGSTOP cannot be changed).
 _RESETTABLE_SIGNALS = tuple(sorted(s for s in signal.valid_signals()
                                    if s not in (signal.SIGKILL, signal.SIGSTOP)))
+_GLIBC_INTERNAL_SIGNALS = tuple(s for s in range(1, L.NSIG + 1)
+                                if s not in _RESETTABLE_SIGNALS
+                                and s not in (signal.SIGKILL, signal.SIGSTOP))
 _NR_MREMAP = 25  # x86_64
 _NS_CLOCK_FMT = 8  # bytes of P's pre-exec CPU time on the exec pipe (little endian)
 
@@ -484,7 +487,9 @@ def _join_program_cgroup() -> None:
 
 def _signals() -> None:
     for sig in _RESETTABLE_SIGNALS:
-        signal.signal(sig, signal.SIG_DFL)
+        signal.signal(sig, signal.SIG_DFL)  # Python's own table too
+    for internal in _GLIBC_INTERNAL_SIGNALS:
+        L.reset_signal(internal)  # an ignored 32/33 would survive execve just the same
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 SPAWN_TIMEOUT_S = 30.0
 SETUP_TIMEOUT_S = 30.0  # from spawn to STARTED: mounts and namespaces, not the user's time
 DRAIN_TIMEOUT_S = 5.0  # after the kill, for the pipes' writers to be gone
-MIN_POLL_S = 0.002
+MIN_POLL_S = 0.001
 MAX_POLL_S = 0.25
 # Memory the box's own setup (D, I, and P before execve: forked Python processes) may
 # use on top of the program's limit; from the program's execve on, the limit is exact.
@@ -322,16 +322,34 @@ class _BoxRun:
                     self.wall_exceeded = True
                     self.kill("wall limit")
                     break
-                cpu_left = cpu_limit_ns - (self.box.cpu_ns() - self.cpu_baseline_ns)
+                cpu_left = cpu_limit_ns - self._program_cpu_now()
                 if cpu_left < 0:
                     self.cpu_exceeded = True
                     self.kill("cpu limit")
                     break
                 # With cpu.max capping the box at cpu_share CPUs, the limit cannot be
-                # reached sooner than this: sleep exactly that long, no busy polling.
+                # reached sooner than this: sleep exactly that long (then look every
+                # millisecond until it is), no busy polling.
                 cpu_left_s = cpu_left / 1e9 / self.limits.cpu_share
-                timeout = max(MIN_POLL_S, min(wall_left, cpu_left_s + MIN_POLL_S, MAX_POLL_S * 8))
+                timeout = max(MIN_POLL_S, min(wall_left, cpu_left_s, MAX_POLL_S * 8))
             await asyncio.wait([self.report.done], timeout=timeout)
+
+    def _program_cpu_now(self) -> int:
+        """The program's CPU time so far, for the watchdog.
+
+        The cgroup's counter lags by up to a scheduler tick for tasks running right now
+        (4 ms at HZ=250); the CPU clocks of the program's live processes do not (the
+        kernel brings a running task's clock up to date when it is read). The larger of
+        the two lower bounds: exact for a program whose processes are all alive.
+        """
+        counted = self.box.cpu_ns() - self.cpu_baseline_ns
+        live = -(self.cpu_baseline_ns - self.cpu_at_go)  # P's clock includes its pre-exec
+        for pid in self.box.program_pids():
+            try:
+                live += time.clock_gettime_ns(((~pid) << 3) | 2)  # its process CPU clock
+            except OSError:
+                pass  # it just ended: the counter has it
+        return max(counted, live)
 
     def _program_cpu_ns(self, report: protocol.Report, stats: cg.CgroupStats) -> int:
         if not report.execed:
