@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import socket
 import subprocess
@@ -61,6 +63,26 @@ class Daemon:
         return body
 
 
+def _only_test_languages(tmp_path: Path, config_text: str) -> str:
+    """With SANDBOXD_TEST_LANGUAGES (the VM lane), the daemon gets only those tables of
+    languages.toml: it probes every language's toolchain before it serves, which under
+    software emulation takes minutes for all of them."""
+    only = os.environ.get("SANDBOXD_TEST_LANGUAGES", "").split()
+    if not only or "languages_file" in config_text:
+        return config_text
+    text = (Path(__file__).resolve().parents[2] / "languages.toml").read_text()
+    tables = re.split(r"^(?=\[)", text, flags=re.M)
+    kept = [t for t in tables if re.match(r"\[([a-z0-9_+-]+)(\.tests)?\]", t)
+            and re.match(r"\[([a-z0-9_+-]+)", t).group(1) in only]  # type: ignore[union-attr]
+    path = tmp_path / "languages-subset.toml"
+    path.write_text("".join(kept))
+    line = f'languages_file = "{path}"\n'
+    if re.search(r"^\[server\]\n", config_text, flags=re.M):
+        return re.sub(r"^\[server\]\n", lambda m: m.group(0) + line, config_text, count=1,
+                      flags=re.M)
+    return config_text + "\n[server]\n" + line
+
+
 def start_daemon(tmp_path: Path, extra_config: str = "", *, state_dir: str = STATE_DIR,
                  config_text: str | None = None, preexec_fn=None,
                  log_name: str | None = None) -> Daemon:
@@ -72,6 +94,7 @@ def start_daemon(tmp_path: Path, extra_config: str = "", *, state_dir: str = STA
     config = tmp_path / f"sandboxd-{port}.toml"
     if config_text is None:
         config_text = f'[sandbox]\nstate_dir = "{state_dir}"\n{extra_config}'
+    config_text = _only_test_languages(tmp_path, config_text)
     config.write_text(config_text)
     log = open(tmp_path / log_name, "wb") if log_name else None  # noqa: SIM115
     try:
