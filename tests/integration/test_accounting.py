@@ -113,14 +113,21 @@ SPIN_FOREVER = "int main(void) { volatile unsigned long x = 0; for (;;) x++; }\n
 
 
 async def test_500_ms_time_limit_kills_a_spin_at_500_to_510_ms_of_cpu(execute):
-    result = await execute("c", SPIN_FOREVER, time_limit_ms=500, wall_time_limit_ms=10_000)
-    assert result.status is Status.TIME_LIMIT_EXCEEDED, describe(result)
-    # The watchdog sleeps until the limit can first be reached; 10 ms covers its wakeup
-    # and the kill. Under the VM lane's emulation, reading cpu.stat, waking the event
-    # loop and cgroup.kill are each tens of times slower: there the bound is 25 ms a unit.
+    results = [await execute("c", SPIN_FOREVER, time_limit_ms=500, wall_time_limit_ms=10_000)
+               for _ in range(3)]
+    for result in results:
+        assert result.status is Status.TIME_LIMIT_EXCEEDED, describe(result)
+        assert result.signal == 9
+        # Never before the limit: the program gets all of its time.
+        assert result.time_ms is not None and result.time_ms >= 500, result.time_ms
+    times = [r.time_ms for r in results]
+    # The watchdog wakes when the limit can first be reached and reads the program's
+    # CPU clocks exactly; 10 ms covers its wakeup and the kill. Its wakeup is exposed to
+    # the host's scheduling, so the bound holds for the median of three runs. Under the
+    # VM lane's emulation, reading cpu.stat, waking the event loop and cgroup.kill are
+    # each tens of times slower: there the bound is 25 ms a unit.
     slack = 10 if SLOWDOWN == 1 else 25 * SLOWDOWN
-    assert result.time_ms is not None and 500 <= result.time_ms <= 500 + slack, result.time_ms
-    assert result.signal == 9
+    assert statistics.median(times) <= 500 + slack, times
 
 
 NODE_BYTES = 588_000
