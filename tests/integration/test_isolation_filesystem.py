@@ -67,8 +67,10 @@ def py_program(body: str) -> str:
 
 # ------------------------------------------------------------------------ host files
 
+# This checkout's own files (wherever it lives) are host files too.
+PROJECT_FILE = str(Path(__file__).resolve().parents[2] / "pyproject.toml")
 HOST_PATHS = ["/etc/shadow", "/etc/gshadow", "/etc/ssh", "/etc/sudoers", "/root", "/work",
-              "/work/main/pyproject.toml", "/home", "/var/log", "/var/lib", "/run", "/boot",
+              PROJECT_FILE, "/home", "/var/log", "/var/lib", "/run", "/boot",
               "/sys", "/mnt", "/srv", "/opt"]
 
 
@@ -250,7 +252,7 @@ async def test_symlinks_to_host_paths_read_nothing(execute, tmp_path):
     host_file = tmp_path / "secret.txt"
     host_file.write_text(secret)
     host_file.chmod(0o644)
-    targets = [str(host_file), "/etc/shadow", "/root/.bashrc", "/work/main/pyproject.toml",
+    targets = [str(host_file), "/etc/shadow", "/root/.bashrc", PROJECT_FILE,
                "/proc/1/root/etc/shadow", "/proc/1/cwd/pyproject.toml",
                "/proc/self/root/../../../etc/shadow", "/home", "/var/log/README"]
     source = py_program(r'''
