@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 SPAWN_TIMEOUT_S = 30.0
 SETUP_TIMEOUT_S = 30.0  # from spawn to STARTED: mounts and namespaces, not the user's time
 DRAIN_TIMEOUT_S = 5.0  # after the kill, for the pipes' writers to be gone
+REPORT_GRACE_S = 1.0  # after a limit killed the program, for the init's last report
 MIN_POLL_S = 0.001
 MAX_POLL_S = 0.25
 # Memory the box's own setup (D, I, and P before execve: forked Python processes) may
@@ -239,6 +240,21 @@ class _BoxRun:
             self.killed = True
             self.box.kill_all()
 
+    def end_program(self, reason: str) -> None:
+        """A limit ends the run: SIGKILL the program's processes only. The init then
+        reports their end with exact numbers and exits, and the box goes after it; the
+        teardown of the init and D (forked interpreters) is then never the program's."""
+        if self.ended_by is None:
+            self.ended_by = reason
+        pids = self.box.program_pids()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if not pids:
+            self.kill()  # not in its cgroup yet: the whole box goes
+
     def _on_message(self, message: dict) -> None:
         kind = message.get("kind")
         if kind == "STARTED" and not self.go_sent:
@@ -256,12 +272,12 @@ class _BoxRun:
                 # v1 refuses a limit below the usage (EBUSY): the program is over it
                 # already. Any other errno is the sandbox's failure: ended either way.
                 self.memory_exceeded = message["limit_errno"] == errno.EBUSY
-                self.kill("memory limit")
+                self.end_program("memory limit")
 
     def _on_overflow(self) -> None:
         self.output_exceeded = True
         if self.limits.output_overflow_kills:
-            self.kill("output limit")
+            self.end_program("output limit")
 
     async def run(self) -> JailOutcome:
         self.fds = fds = BoxFds(self.spec.stdin, self.limits.output_bytes, self.spec.merge_stderr,
@@ -294,6 +310,9 @@ class _BoxRun:
             self.kill()
             fds.close_all()
             raise
+        if self.ended_by is not None and not self.killed:
+            # The init reports the killed program and exits: then the rest goes.
+            await asyncio.wait([self.report.done], timeout=REPORT_GRACE_S)
         self.kill()  # anything the program left behind dies with the box
         readers = [r for r in (self.stdout, self.stderr, self.report) if r is not None]
         drains = [r.drain() for r in readers if isinstance(r, OutputReader)]
@@ -309,7 +328,7 @@ class _BoxRun:
         """Wait for the report pipe's EOF (the box is gone), enforcing the limits."""
         spawned = time.monotonic()
         cpu_limit_ns = self.limits.cpu_ms * 1_000_000
-        while not self.report.done.done() and not self.killed:
+        while not self.report.done.done() and self.ended_by is None and not self.killed:
             now = time.monotonic()
             if self.started_at is None:
                 if now - spawned > SETUP_TIMEOUT_S:
@@ -320,12 +339,12 @@ class _BoxRun:
                 wall_left = self.limits.wall_ms / 1000 - (now - self.started_at)
                 if wall_left <= 0:
                     self.wall_exceeded = True
-                    self.kill("wall limit")
+                    self.end_program("wall limit")
                     break
                 cpu_left = cpu_limit_ns - self._program_cpu_now()
                 if cpu_left < 0:
                     self.cpu_exceeded = True
-                    self.kill("cpu limit")
+                    self.end_program("cpu limit")
                     break
                 # With cpu.max capping the box at cpu_share CPUs, the limit cannot be
                 # reached sooner than this: sleep exactly that long (then look every
