@@ -57,11 +57,7 @@ class ForkServer:
         while True:
             ready, _, _ = select.select([self.sock.fileno(), wake_r], [], [])
             if wake_r in ready:
-                while True:
-                    try:
-                        os.read(wake_r, 4096)
-                    except BlockingIOError:
-                        break
+                stage.drain(wake_r)
                 self.reap()
             if self.sock.fileno() in ready:
                 msg, fds, _flags, _addr = socket.recv_fds(self.sock, protocol.MAX_MESSAGE,

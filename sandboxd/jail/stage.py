@@ -399,6 +399,15 @@ class _Refusals:
             pass
 
 
+def drain(fd: int) -> None:
+    """Empty a non-blocking signal wakeup pipe (set_wakeup_fd)."""
+    while True:
+        try:
+            os.read(fd, 4096)
+        except BlockingIOError:
+            return
+
+
 def _reap_until_program_ends(program: int, refusals: _Refusals) -> int:
     """Reap every child (orphans included) and answer notifications; P's final status."""
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -422,11 +431,7 @@ def _reap_until_program_ends(program: int, refusals: _Refusals) -> int:
             return status
         ready, _, _ = select.select(watched, [], [])
         if wake_r in ready:
-            while True:
-                try:
-                    os.read(wake_r, 4096)
-                except BlockingIOError:
-                    break
+            drain(wake_r)
         if refusals.listener is not None and refusals.listener in ready:
             refusals.answer_one()
 
