@@ -72,6 +72,7 @@ class Report:
     wall_ns: int | None = None
     exit_cpu_ns: int | None = None  # the cgroup's CPU counter when the program ended
     init_cpu_ns: int = 0  # the init's own CPU time from GO to the program's end
+    program_cpu_ns: int = 0  # P's own and its reaped children's CPU time (wait4 rusage)
     refused_bytes: int = 0  # the largest allocation refused for passing the memory limit
     failed_step: str | None = None
     failed_errno: int = 0
@@ -93,7 +94,8 @@ def parse_report(raw: bytes) -> Report:
                           limit_errno=msg["limit_errno"])
         elif kind == "EXITED":
             fields.update(wait_status=msg["status"], wall_ns=msg["wall_ns"],
-                          exit_cpu_ns=msg["cpu_ns"], init_cpu_ns=msg["init_cpu_ns"])
+                          exit_cpu_ns=msg["cpu_ns"], init_cpu_ns=msg["init_cpu_ns"],
+                          program_cpu_ns=msg["program_cpu_ns"])
         elif kind == "REFUSED":
             fields["refused_bytes"] = max(fields.get("refused_bytes", 0), msg["bytes"])
         elif kind == "FAILED" and "failed_step" not in fields:

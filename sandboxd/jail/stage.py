@@ -43,10 +43,13 @@ I — PID 1, uid 0 inside (the keeper id), capabilities only inside the box
   limits        per-namespace caps on inotify instances and watches
   loopback      `lo` up in the new network namespace
   hostname      "sandbox"
-  dumpable      off: nothing in the box may read I's memory or descriptors via /proc
+  traceable     dumpable on for the fork: P inherits it, and only a dumpable P can be
+                traced (D's euid change had cleared it)
   fork          P, the program, which waits to be released. The program is never
                 PID 1: the kernel ignores default-action signals sent to an init, so
                 abort() would not die
+  dumpable      off again: nothing in the box may read I's memory or descriptors via
+                /proc (P's own flag is reset by its identity change and its execve)
   go            STARTED to the supervisor, which notes the CPU counter while every box
                 process sleeps, and answers GO; I then releases P
   trace         PTRACE_SEIZE P with TRACEEXEC (before GO): the kernel stops P right
@@ -408,8 +411,10 @@ def drain(fd: int) -> None:
             return
 
 
-def _reap_until_program_ends(program: int, refusals: _Refusals) -> int:
-    """Reap every child (orphans included) and answer notifications; P's final status."""
+def _reap_until_program_ends(program: int, refusals: _Refusals) -> tuple[int, int]:
+    """Reap every child (orphans included) and answer notifications. Returns P's final
+    status and its CPU time with its reaped children's (wait4's rusage: exact, not
+    sampled; includes P's setup before execve)."""
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -417,18 +422,19 @@ def _reap_until_program_ends(program: int, refusals: _Refusals) -> int:
     while True:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG | os.WUNTRACED)
+                pid, status, usage = os.wait4(-1, os.WNOHANG | os.WUNTRACED)
             except ChildProcessError:
                 os._exit(SETUP_FAILED)
             if pid == 0:
                 break
             if pid != program:
                 continue
+            cpu_ns = round((usage.ru_utime + usage.ru_stime) * 1e9)
             if os.WIFSTOPPED(status):
                 # A program that stops itself (kill(0, SIGSTOP)) would only wait for
                 # the wall limit: it ends here, as if killed by the stop signal.
-                return os.WSTOPSIG(status)
-            return status
+                return os.WSTOPSIG(status), cpu_ns
+            return status, cpu_ns
         ready, _, _ = select.select(watched, [], [])
         if wake_r in ready:
             drain(wake_r)
@@ -443,7 +449,10 @@ def _init(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, lifeline: int) -> N
     _step("limits", _inotify_limits)
     _step("loopback", netns.loopback_up)
     _step("hostname", _hostname)
-    _step("dumpable", prctl.set_dumpable, False)
+    # P must be dumpable to be traced (ptrace(2), "Ptrace access mode checking"): D's
+    # euid change left this mm non-dumpable, and P inherits the flag with the fork.
+    # Nothing but I runs in the box yet; I turns it off right after the fork.
+    _step("traceable", prctl.set_dumpable, True)
     exec_r, exec_w = _step("exec pipe", os.pipe2, os.O_CLOEXEC)
     release_r, release_w = _step("release pipe", os.pipe2, os.O_CLOEXEC)
     ours, theirs = _step("listener socket", socket.socketpair, socket.AF_UNIX,
@@ -454,6 +463,7 @@ def _init(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, lifeline: int) -> N
         os.close(release_w)
         ours.close()
         _program(spec, bpf, exec_w, theirs, release_r)
+    _step("dumpable", prctl.set_dumpable, False)
     os.close(exec_w)
     os.close(release_r)
     theirs.close()
@@ -464,20 +474,22 @@ def _init(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, lifeline: int) -> N
     os.close(release_w)
     refusals = _Refusals(_receive_listener(ours))
     if traced:
-        os.close(exec_r)
+        # P still writes its clock to the pipe before its execve: closed after the stop.
         pre_exec_ns, ended = _stop_at_exec(program, spec.limits.memory_bytes)
+        os.close(exec_r)
     else:
         pre_exec_ns, ended = _await_exec(exec_r, program), None
         if pre_exec_ns is not None:
             _program_starts(pre_exec_ns, spec.limits.memory_bytes)
     started = time.monotonic_ns()
-    status = ended if ended is not None else _reap_until_program_ends(program, refusals)
+    status, program_cpu = ((ended, 0) if ended is not None
+                           else _reap_until_program_ends(program, refusals))
     wall = time.monotonic_ns() - started
     cpu = parse_cpu_usage_ns(_read_counter(CPU_USAGE_FD))
     init_cpu = time.clock_gettime_ns(time.CLOCK_PROCESS_CPUTIME_ID) - init_cpu_start
     protocol.report(REPORT_FD, {
         "kind": "EXITED", "status": status, "wall_ns": wall, "cpu_ns": cpu,
-        "init_cpu_ns": init_cpu})
+        "init_cpu_ns": init_cpu, "program_cpu_ns": program_cpu})
     # Exiting as PID 1 makes the kernel SIGKILL everything left in the namespace.
     os._exit(0)
 

@@ -229,6 +229,9 @@ class _BoxRun:
         # Why we ended the box before its program did (a limit, the setup timeout), if so.
         self.ended_by: str | None = None
         self.cpu_exceeded = False
+        # The most the watchdog saw the program use: a kernel-measured lower bound that
+        # the final count must not undercut (the counter can lag a killed task's clock).
+        self.cpu_seen_ns = 0
         self.wall_exceeded = False
         self.output_exceeded = False
         self.memory_exceeded = False  # the limit was already passed when it was set
@@ -341,7 +344,8 @@ class _BoxRun:
                     self.wall_exceeded = True
                     self.end_program("wall limit")
                     break
-                cpu_left = cpu_limit_ns - self._program_cpu_now()
+                self.cpu_seen_ns = max(self.cpu_seen_ns, self._program_cpu_now())
+                cpu_left = cpu_limit_ns - self.cpu_seen_ns
                 if cpu_left < 0:
                     self.cpu_exceeded = True
                     self.end_program("cpu limit")
@@ -378,9 +382,12 @@ class _BoxRun:
             # the init's own CPU since GO: what ran from the program's execve on.
             used = (report.exit_cpu_ns - self.cpu_at_go - report.pre_exec_cpu_ns
                     - report.init_cpu_ns)
+            # P's own clock with its reaped children's, from its execve: exact for them,
+            # blind to orphans (the counter has those). The larger of the two.
+            used = max(used, report.program_cpu_ns - report.pre_exec_cpu_ns)
         else:  # killed before it ended: everything since its execve
             used = stats.cpu_ns - self.cpu_baseline_ns
-        return max(0, used)
+        return max(0, used, self.cpu_seen_ns)
 
     def _program_memory(self, report: protocol.Report, stats: cg.CgroupStats) -> int:
         if not report.execed:

@@ -145,13 +145,15 @@ def test_report_parsing_reads_every_message():
         {"kind": "EXECED", "pre_exec_cpu_ns": 5, "limit_errno": 0},
         {"kind": "REFUSED", "bytes": 100},
         {"kind": "REFUSED", "bytes": 50},
-        {"kind": "EXITED", "status": 256, "wall_ns": 9, "cpu_ns": 11, "init_cpu_ns": 2},
+        {"kind": "EXITED", "status": 256, "wall_ns": 9, "cpu_ns": 11, "init_cpu_ns": 2,
+         "program_cpu_ns": 7},
     )) + b"\n{torn"
     rep = protocol.parse_report(raw)
     assert rep.started and rep.execed
     assert (rep.pre_exec_cpu_ns, rep.limit_errno) == (5, 0)
     assert rep.refused_bytes == 100
-    assert (rep.wait_status, rep.wall_ns, rep.exit_cpu_ns, rep.init_cpu_ns) == (256, 9, 11, 2)
+    assert (rep.wait_status, rep.wall_ns, rep.exit_cpu_ns, rep.init_cpu_ns,
+            rep.program_cpu_ns) == (256, 9, 11, 2, 7)
     assert rep.failed_step is None
 
 
