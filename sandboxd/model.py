@@ -48,6 +48,10 @@ class Submission:
     limits: Limits
     stdin: str = ""
     expected_output: str | None = None
+    # The final result is POSTed here (webhooks.py); only hosts on the allow-list.
+    callback_url: str | None = None
+    # False: never answered from the result cache, and the result is not stored there.
+    cache: bool = True
 
     def input_bytes(self) -> int:
         """What the job holds until it has run: source, stdin and expected output, as
@@ -71,6 +75,8 @@ class Result:
     compile_output: str = ""
     # Why the sandbox failed (Internal Error only); never set for the program's own faults.
     message: str | None = None
+    # Served from the result cache, not run for this submission.
+    cached: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self, submission_id: str) -> dict[str, Any]:
@@ -85,6 +91,7 @@ class Result:
             "wall_time_ms": self.wall_time_ms,
             "memory_kb": self.memory_kb,
             "compile_output": self.compile_output,
+            "cached": self.cached,
         }
         if self.message is not None:
             body["message"] = self.message
