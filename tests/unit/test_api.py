@@ -30,6 +30,7 @@ RESULT_KEYS = {
     "wall_time_ms",
     "memory_kb",
     "compile_output",
+    "cached",
 }
 
 
