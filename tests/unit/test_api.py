@@ -200,6 +200,7 @@ async def test_wait_returns_full_result(env: Env, wait: str) -> None:
         "wall_time_ms": 50,
         "memory_kb": 8192,
         "compile_output": "",
+        "cached": False,
     }
 
 

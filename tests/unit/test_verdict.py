@@ -303,6 +303,7 @@ def test_result_of_accepted_run() -> None:
         "wall_time_ms": 50,
         "memory_kb": 8192,
         "compile_output": "",
+        "cached": False,
     }
 
 
