@@ -88,6 +88,10 @@ class ServerConfig:
     max_source_bytes: int = 1 * MIB
     max_stdin_bytes: int = 16 * MIB
     max_body_bytes: int = 16 * MIB
+    # Submissions in one POST /execute/batch, and ids in one GET /result?ids=.
+    max_batch: int = 100
+    # How long POST /execute?wait=true holds the request before answering 202 with the id.
+    wait_cap_s: float = 30.0
     languages_file: str = str(PROJECT_DIR / "languages.toml")
 
     @property
@@ -96,10 +100,17 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    # API tokens (`Authorization: Bearer <token>`); empty: no authentication.
+    tokens: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     limits: RunLimits = field(default_factory=RunLimits)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
 
 def _build(defaults: Any, data: Any, where: str) -> Any:
@@ -120,6 +131,11 @@ def _build(defaults: Any, data: Any, where: str) -> Any:
         elif isinstance(current, bool) or isinstance(value, bool):
             if type(value) is not type(current):
                 raise ConfigError(f"{path}: expected {type(current).__name__}")
+        elif isinstance(current, list | tuple):
+            # A TOML array of strings, kept as the default's (immutable) type.
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{path}: expected an array of strings")
+            value = type(current)(value)
         elif isinstance(current, float) and isinstance(value, int):
             value = float(value)
         elif current is None:
@@ -162,6 +178,15 @@ def validate(config: Config) -> None:
     for name in ("max_source_bytes", "max_stdin_bytes", "max_body_bytes"):
         if getattr(server, name) < 1:
             raise ConfigError(f"server.{name}: must be positive")
+    if server.max_batch < 1:
+        raise ConfigError(f"server.max_batch: must be at least 1, not {server.max_batch}")
+    if not 0 < server.wait_cap_s <= 3600:
+        raise ConfigError(f"server.wait_cap_s: must be in (0, 3600] seconds, not "
+                          f"{server.wait_cap_s}")
+    for i, token in enumerate(config.auth.tokens):
+        problem = token_problem(token)
+        if problem:
+            raise ConfigError(f"auth.tokens[{i}]: {problem}")
     # The largest job the API accepts must fit an empty queue, or it would be refused
     # with 503 "retry later" forever.
     largest = largest_job_bytes(config)
@@ -177,3 +202,16 @@ def largest_job_bytes(config: Config) -> int:
     output limit is refused: no output could match it)."""
     s = config.server
     return s.max_source_bytes + s.max_stdin_bytes + config.sandbox.output_limit_bytes
+
+
+MIN_TOKEN_LENGTH = 16
+
+
+def token_problem(token: str) -> str | None:
+    """Why `token` cannot be an API token, or None. Tokens travel in an HTTP header,
+    so only visible ASCII; short ones could be guessed."""
+    if len(token) < MIN_TOKEN_LENGTH:
+        return f"must be at least {MIN_TOKEN_LENGTH} characters (e.g. `openssl rand -hex 32`)"
+    if not all("!" <= c <= "~" for c in token):
+        return "only visible ASCII characters, no spaces"
+    return None

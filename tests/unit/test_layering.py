@@ -61,3 +61,11 @@ def test_verdict_is_pure():
                     "sandboxd.jail.spec", "sandboxd.jail.spec.JailOutcome",
                     "sandboxd.jail.spec.Termination", "sandboxd.outputs",
                     "sandboxd.outputs.outputs_match"}, mods
+
+
+@pytest.mark.parametrize("name", ["metrics.py", "logs.py"])
+def test_metrics_and_logs_sit_beside_the_observer(name):
+    # Reported to by service and runner, exposed by api: they never reach up or down.
+    mods = {m.rsplit(".", 1)[0] if m.count(".") > 1 else m
+            for m in imported_modules(PACKAGE / name)}
+    assert mods <= {"sandboxd.model", "sandboxd.observer", "sandboxd.service"}, mods
