@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import ipaddress
 import logging
 import signal
 
@@ -21,6 +22,7 @@ from sandboxd.config import Config
 from sandboxd.jail import seccomp
 from sandboxd.jail.spec import JailError, SeccompProfile
 from sandboxd.jail.supervisor import Sandbox
+from sandboxd.metrics import Metrics
 from sandboxd.runner import Runner
 from sandboxd.service import Service
 
@@ -54,6 +56,23 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
         raise StartupError(f"--listen: expected HOST:PORT, got {listen!r}")
     return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def warn_if_open_to_the_network(host: str, port: int, config: Config) -> None:
+    """Anyone who can reach a non-loopback address without a token can run code here."""
+    if not config.auth.tokens and not is_loopback(host):
+        log.warning("listening on %s:%d, which is not a loopback address, without API "
+                    "tokens: anyone who can reach it can run programs here; set [auth] "
+                    "tokens in the configuration", host, port)
 
 
 def load_languages(config: Config) -> languages_mod.Registry:
@@ -119,14 +138,16 @@ async def serve(config: Config) -> None:
     except Exception as e:
         raise StartupError(f"cannot set up sandboxes: {e}") from None
     try:
-        runner = Runner(sandbox, registry, config)
+        # The observer of runner and service, and the /metrics endpoint's registry.
+        metrics = Metrics()
+        runner = Runner(sandbox, registry, config, observer=metrics)
         await probe_versions(runner, registry)
         service = Service(runner, workers=config.server.worker_count,
                           queue_size=config.server.queue_size,
                           results_kept=config.server.results_kept,
                           budget_bytes=config.server.queue_budget_bytes)
         await service.start()
-        app = api.create_app(service, registry, config)
+        app = api.create_app(service, registry, config, metrics=metrics)
         app_runner = web.AppRunner(app, access_log=None)
         await app_runner.setup()
         site = web.TCPSite(app_runner, host, port)
@@ -134,6 +155,7 @@ async def serve(config: Config) -> None:
             await site.start()
         except OSError as e:
             raise StartupError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+        warn_if_open_to_the_network(host, port, config)
         log.info("sandboxd listening on http://%s:%d (cgroup %s, %d workers, %d languages)",
                  host, port, sandbox.cgroup_version, config.server.worker_count, len(registry))
         stop = asyncio.Event()
