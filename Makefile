@@ -46,9 +46,32 @@ $(VENV)/.installed: pyproject.toml .apt-stamp
 run: deps
 	$(VENV)/bin/sandboxd serve --listen $(LISTEN)
 
-# `sandboxd` on PATH: a link to this checkout's virtualenv (the daemon runs as root).
+# `sandboxd` on PATH (a link to this checkout's virtualenv: the daemon runs as root from
+# here), the systemd unit, and a commented default configuration, which an existing
+# /etc/sandboxd/sandboxd.toml is never replaced by. DESTDIR stages it all elsewhere.
+PREFIX ?= /usr/local
+SYSCONFDIR ?= /etc
+UNITDIR ?= /etc/systemd/system
+DESTDIR ?=
+CONFIG_FILE := $(DESTDIR)$(SYSCONFDIR)/sandboxd/sandboxd.toml
+
 install: deps
-	ln -sf $(CURDIR)/$(VENV)/bin/sandboxd /usr/local/bin/sandboxd
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR)
+	install -d -m 755 $(DESTDIR)$(SYSCONFDIR)/sandboxd
+	ln -sfn $(CURDIR)/$(VENV)/bin/sandboxd $(DESTDIR)$(PREFIX)/bin/sandboxd
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@PROJECT_DIR@|$(CURDIR)|g' \
+		systemd/sandboxd.service > $(DESTDIR)$(UNITDIR)/sandboxd.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/sandboxd.service
+	@# 0640: the file may hold API tokens.
+	@if [ -e $(CONFIG_FILE) ]; then \
+		echo "kept the existing $(CONFIG_FILE)"; \
+	else \
+		sed 's|@PROJECT_DIR@|$(CURDIR)|g' systemd/sandboxd.toml > $(CONFIG_FILE).new && \
+		chmod 640 $(CONFIG_FILE).new && mv $(CONFIG_FILE).new $(CONFIG_FILE) && \
+		echo "installed $(CONFIG_FILE)"; \
+	fi
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "start it with: systemctl enable --now sandboxd"
 
 test: deps
 	$(PY) -m pytest tests -ra
