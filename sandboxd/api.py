@@ -411,6 +411,8 @@ class _Handlers:
             return json_response({"submission_id": submission_id}, status=202)
         try:
             result = await self._service.wait(submission_id, self._config.server.wait_cap_s)
+        except ResultExpired as e:  # evicted before it could be read (tiny result bounds)
+            raise ApiError(404, str(e)) from None
         except KeyError:
             raise ApiError(404, unknown_id(submission_id)) from None
         if not result.status.is_final:

@@ -82,6 +82,8 @@ class FakeService:
 
     async def wait(self, job_id: str, timeout: float | None) -> Result:
         self.wait_timeouts.append(timeout)
+        if job_id in self.expired:
+            raise ResultExpired(f"the result of {job_id} expired (server.result_ttl_s)")
         return self.results[job_id]
 
     def stats(self) -> Stats:
@@ -273,6 +275,17 @@ async def test_wait_on_a_cached_result_says_cached(env: Env) -> None:
     resp = await env.client.post("/execute?wait=true", json=GOOD)
     assert resp.status == 200
     assert (await resp.json())["cached"] is True
+
+
+async def test_wait_on_a_result_evicted_at_once_is_404_saying_so(env: Env) -> None:
+    async def submit(submission: Submission) -> str:
+        env.service.expired.add("d" * 32)
+        return "d" * 32
+
+    env.service.submit = submit  # type: ignore[method-assign]
+    resp = await env.client.post("/execute?wait=true", json=GOOD)
+    assert resp.status == 404
+    assert (await resp.json())["error"] == f"the result of {'d' * 32} expired (server.result_ttl_s)"
 
 
 async def test_wait_compile_error_has_nulls(env: Env) -> None:
