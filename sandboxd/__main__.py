@@ -142,13 +142,22 @@ def build_submission(args: argparse.Namespace, config: Config, registry: Any) ->
         raise UsageError(f"{where}: {e.rule}" if where else e.rule) from None
 
 
+def cli_sandbox_config(config: Config) -> Config:
+    """One box slot, whose host uids come right after the daemon's slots (the daemon
+    with this configuration uses uid_base .. uid_base + 2 x workers - 1): a box of
+    `run` never shares its uids, and so its per-user kernel counts, with a daemon's."""
+    slot_uids = 2 * config.server.worker_count
+    return replace(config, server=replace(config.server, workers=1),
+                   sandbox=replace(config.sandbox, uid_base=config.sandbox.uid_base + slot_uids))
+
+
 async def run_one(config: Config, registry: Any, submission: Submission) -> Result:
     """One submission through the same jail the daemon uses: a sandbox of one slot, a
     runner, no HTTP and no queue."""
     from sandboxd import server  # noqa: PLC0415
     from sandboxd.runner import Runner  # noqa: PLC0415
 
-    config = replace(config, server=replace(config.server, workers=1))
+    config = cli_sandbox_config(config)
     try:
         sandbox = server.make_sandbox(config)
         sandbox.start()

@@ -140,3 +140,14 @@ def test_installed_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
                           text=True, timeout=60)
     problems = [line for line in proc.stderr.splitlines() if "sandboxd.service" in line]
     assert proc.returncode == 0 and not problems, proc.stderr
+
+
+def test_the_readme_documents_every_key_with_its_default() -> None:
+    text = (PROJECT_DIR / "README.md").read_text()
+    start = text.index("\n## Configuration")
+    section = text[start:text.index("\n## ", start + 1)]
+    rows = dict(re.findall(r"^\| `([a-z_.]+)` \| ([^|]+) \|", section, flags=re.M))
+    missing = keys_of(Config()) - set(rows)
+    assert not missing, f"README.md's Configuration table lacks: {sorted(missing)}"
+    assert not set(rows) - keys_of(Config()), sorted(set(rows) - keys_of(Config()))
+    assert all(default.strip() for default in rows.values())

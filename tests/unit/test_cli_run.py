@@ -163,3 +163,14 @@ def test_json_prints_the_result_object(as_root, monkeypatch, capsys, hello):
     expected = ACCEPTED.to_json("unused")
     del expected["submission_id"]  # nothing was submitted anywhere
     assert json.loads(out) == expected
+
+
+def test_run_boxes_use_uids_after_the_daemons_slots():
+    from sandboxd.config import Config
+
+    config = Config()
+    daemon = config.server.worker_count
+    cli_config = cli.cli_sandbox_config(config)
+    assert cli_config.server.worker_count == 1
+    # The daemon's slots use uid_base .. uid_base + 2 * workers - 1 (two ids each).
+    assert cli_config.sandbox.uid_base == config.sandbox.uid_base + 2 * daemon
