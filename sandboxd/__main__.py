@@ -40,10 +40,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
                      + "): sandboxes are built from namespaces, mounts and cgroups")
     try:
         config = load(args.config)
-        if args.listen:
-            from dataclasses import replace  # noqa: PLC0415
+        from dataclasses import replace  # noqa: PLC0415
 
+        if args.listen:
             config = replace(config, server=replace(config.server, listen=args.listen))
+        if args.journal is not None:
+            if not args.journal:
+                raise ConfigError('--journal: expected a file path, or "none"')
+            config = replace(config, server=replace(config.server, journal=args.journal))
         server.parse_listen(config.server.listen)
     except (ConfigError, server.StartupError) as e:
         return _fail(str(e))
@@ -83,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="serve the HTTP API")
     serve.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:8080")
     serve.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    serve.add_argument("--journal", metavar="PATH",
+                       help='the job journal (SQLite; default /var/lib/sandboxd/sandboxd.db), '
+                            'or "none" to keep jobs in memory only')
     serve.set_defaults(func=cmd_serve)
     langs = sub.add_parser("languages", help="list the configured languages")
     langs.add_argument("--config", metavar="FILE")

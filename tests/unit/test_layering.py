@@ -61,3 +61,12 @@ def test_verdict_is_pure():
                     "sandboxd.jail.spec", "sandboxd.jail.spec.JailOutcome",
                     "sandboxd.jail.spec.Termination", "sandboxd.outputs",
                     "sandboxd.outputs.outputs_match"}, mods
+
+
+@pytest.mark.parametrize("name", ["journal.py", "cache.py", "codec.py"])
+def test_service_helpers_import_only_data_modules(name):
+    # The journal and the cache sit below the service: data in, data out.
+    allowed = {"sandboxd.model", "sandboxd.codec", "sandboxd.callbacks"}
+    mods = {m.rsplit(".", 1)[0] if m.rsplit(".", 1)[0] in allowed else m
+            for m in imported_modules(PACKAGE / name)}
+    assert mods <= allowed, mods
