@@ -7,8 +7,9 @@ queued while one transaction commits go into the next one together, so under loa
 one fsync covers many jobs and the journal does not cut throughput.
 
 Durability: WAL with `synchronous = FULL`, so a committed transaction survives a
-power loss too (a 202 is a promise); `locking_mode = EXCLUSIVE`, so a second daemon
-on the same file fails at start instead of running the same jobs twice.
+power loss too (a 202 is a promise). An exclusive flock(2) on `<journal>.lock` makes a
+second daemon on the same file fail at start instead of running the same jobs twice,
+while `sqlite3` can still read the journal of a running daemon.
 
 The schema is versioned with `PRAGMA user_version`: a later release migrates from
 the version it finds, and a file newer than this release is refused at start.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import queue
@@ -173,6 +175,7 @@ class Journal:
         # Why the last commit failed, None once one succeeds (health reports it).
         self.problem: str | None = None
         self.id_key = b""
+        self._lock_fd: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -205,12 +208,12 @@ class Journal:
         except OSError as e:
             raise JournalError(f"cannot create the directory {self.path.parent}: "
                                f"{e.strerror}") from None
+        self._lock()
         try:
             # isolation_level None: transactions are ours (BEGIN IMMEDIATE ... COMMIT).
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=0.5)
             self._conn = conn
-            conn.execute("PRAGMA locking_mode = EXCLUSIVE")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
                 raise JournalError(f"{self.path}: cannot use WAL mode (got {mode})")
@@ -224,12 +227,27 @@ class Journal:
                 raise
             return key
         except sqlite3.OperationalError as e:
-            if "locked" in str(e):
-                raise JournalError(f"{self.path} is in use by another process (another "
-                                   "sandboxd on the same journal?)") from None
             raise JournalError(f"cannot open {self.path}: {e}") from None
         except sqlite3.DatabaseError as e:
             raise JournalError(f"{self.path} is not a usable SQLite journal: {e}") from None
+
+    def _lock(self) -> None:
+        """Held until the journal closes (or the process dies: the kernel drops it)."""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise JournalError(f"cannot open {lock_path}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise JournalError(f"{self.path} is in use by another process (pid {holder}; "
+                               "another sandboxd on the same journal?)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
 
     def _migrate(self, conn: sqlite3.Connection) -> bytes:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -270,6 +288,7 @@ class Journal:
             first.settle(first.fn(None))
         except BaseException as e:
             first.settle(error=e)
+            self._release()
             self._drain_closed()
             return
         closing = False
@@ -285,9 +304,16 @@ class Journal:
                 batch = [op for op in batch if op is not _CLOSE]
             if batch:
                 self._commit(batch)
-        assert self._conn is not None
-        with contextlib.suppress(sqlite3.Error):
-            self._conn.close()
+        self._release()
+
+    def _release(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # drops the flock
+            self._lock_fd = None
 
     def _drain_closed(self) -> None:
         """After a failed open: fail whatever else was queued, until close()."""

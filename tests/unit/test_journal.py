@@ -4,6 +4,7 @@ that survive a reopen, a versioned schema, clear errors for a journal it cannot 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
@@ -117,9 +118,18 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
 
 
 async def test_a_second_daemon_on_the_same_journal_is_refused(journal: Journal) -> None:
-    with pytest.raises(JournalError, match="in use by another"):
+    with pytest.raises(JournalError, match=rf"in use by another process \(pid {os.getpid()}"):
         await Journal.open(journal.path)
     await journal.accept([NewJob("a", 1.0, submission())])  # the first one still works
+    # An operator can still read it while the daemon runs.
+    conn = sqlite3.connect(f"file:{journal.path}?mode=ro", uri=True)
+    try:
+        assert conn.execute("SELECT id, state FROM jobs").fetchall() == [("a", "queued")]
+    finally:
+        conn.close()
+    await journal.close()
+    again = await Journal.open(journal.path)  # released on close
+    await again.close()
 
 
 # -- jobs ---------------------------------------------------------------------------
