@@ -6,8 +6,12 @@ operations and awaits their futures. The thread commits in groups: the operation
 queued while one transaction commits go into the next one together, so under load
 one fsync covers many jobs and the journal does not cut throughput.
 
-Durability: WAL with `synchronous = FULL`, so a committed transaction survives a
-power loss too (a 202 is a promise). An exclusive flock(2) on `<journal>.lock` makes a
+Durability: WAL. What is promised to a client (an accepted job: the 202; a result; a
+webhook to deliver) is committed with `synchronous = FULL`, so it survives a power loss
+too. A job's start (its attempt count) and other bookkeeping are committed with
+`synchronous = NORMAL`: durable when the daemon dies, which is what they guard against,
+and without an fsync on the path from one job to the next (a FULL commit in the same
+group, or later, carries them to the disk too). An exclusive flock(2) on `<journal>.lock` makes a
 second daemon on the same file fail at start instead of running the same jobs twice,
 while `sqlite3` can still read the journal of a running daemon.
 
@@ -137,11 +141,13 @@ def decode_submission(data: bytes) -> Submission:
 class _Op:
     """One unit of work for the journal thread, and the future awaiting it."""
 
-    __slots__ = ("fn", "future", "loop")
+    __slots__ = ("fn", "future", "loop", "power_safe")
 
     def __init__(self, fn: Callable[[sqlite3.Connection], Any],
-                 loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> None:
+                 loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any],
+                 power_safe: bool) -> None:
         self.fn = fn
+        self.power_safe = power_safe
         self.loop = loop
         self.future = future
 
@@ -176,6 +182,7 @@ class Journal:
         self.problem: str | None = None
         self.id_key = b""
         self._lock_fd: int | None = None
+        self._synchronous = ""
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -218,6 +225,7 @@ class Journal:
             if mode != "wal":
                 raise JournalError(f"{self.path}: cannot use WAL mode (got {mode})")
             conn.execute("PRAGMA synchronous = FULL")
+            self._synchronous = "FULL"
             conn.execute("BEGIN IMMEDIATE")
             try:
                 key = self._migrate(conn)
@@ -271,12 +279,15 @@ class Journal:
 
     # -- the thread --------------------------------------------------------------------
 
-    async def _call(self, fn: Callable[[sqlite3.Connection], T], *, setup: bool = False) -> T:
+    async def _call(self, fn: Callable[[sqlite3.Connection], T], *, setup: bool = False,
+                    power_safe: bool = True) -> T:
+        """Run `fn` in the journal's thread, in the next group commit. `power_safe`
+        False: the commit needs to survive the daemon's death, not a power loss."""
         if self._closed and not setup:
             raise JournalError("the journal is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._ops.put(_Op(fn, loop, future))
+        self._ops.put(_Op(fn, loop, future, power_safe))
         # The write happens whether or not this caller is cancelled meanwhile.
         return await future
 
@@ -302,8 +313,15 @@ class Journal:
             if _CLOSE in batch:
                 closing = True
                 batch = [op for op in batch if op is not _CLOSE]
-            if batch:
-                self._commit(batch)
+            # Bookkeeping first, in a commit without an fsync: a job's start never waits
+            # for the fsync of other jobs' results. (Nothing in one group depends on
+            # another write of it: every caller awaits the commit a later write needs.)
+            fast = [op for op in batch if not op.power_safe]
+            if fast:
+                self._commit(fast)
+            safe = [op for op in batch if op.power_safe]
+            if safe:
+                self._commit(safe)
         self._release()
 
     def _release(self) -> None:
@@ -327,6 +345,10 @@ class Journal:
         conn = self._conn
         assert conn is not None
         try:
+            synchronous = "FULL" if batch[0].power_safe else "NORMAL"
+            if synchronous != self._synchronous:
+                conn.execute(f"PRAGMA synchronous = {synchronous}")
+                self._synchronous = synchronous
             conn.execute("BEGIN IMMEDIATE")
             values = []
             for op in batch:
@@ -381,7 +403,7 @@ class Journal:
             conn.execute("UPDATE jobs SET state = ?, attempts = ? WHERE id = ? "
                          "AND state != 'finished'", (state, attempts, job_id))
 
-        await self._call(write)
+        await self._call(write, power_safe=False)
 
     async def finish(self, jobs: Sequence[FinishedJob]) -> None:
         """Jobs reached their final results; their submissions are dropped."""
@@ -400,7 +422,7 @@ class Journal:
         def write(conn: sqlite3.Connection) -> None:
             conn.executemany("DELETE FROM jobs WHERE id = ?", rows)
 
-        await self._call(write)
+        await self._call(write, power_safe=False)
 
     async def load(self) -> list[JobRecord]:
         """Every job the journal holds, in acceptance order."""
@@ -411,7 +433,7 @@ class Journal:
                 "FROM jobs ORDER BY seq")
             return [_record(*row) for row in cursor]
 
-        return await self._call(read)
+        return await self._call(read, power_safe=False)
 
     async def probe(self) -> None:
         """A small write, to find out whether the journal is writable again."""
@@ -439,7 +461,7 @@ class Journal:
             conn.execute("UPDATE deliveries SET attempts = ?, last_error = ? "
                          "WHERE id = ? AND state = 'pending'", (attempts, error, delivery_id))
 
-        await self._call(write)
+        await self._call(write, power_safe=False)  # lost: one more attempt, no harm
 
     async def finish_delivery(self, delivery_id: int, *, delivered: bool, attempts: int,
                               error: str | None) -> None:
@@ -459,7 +481,7 @@ class Journal:
             return [Delivery(id=row[0], job_id=row[1], url=row[2], body=bytes(row[3]),
                              attempts=row[4]) for row in cursor]
 
-        return await self._call(read)
+        return await self._call(read, power_safe=False)
 
     async def forget_deliveries(self, finished_before: float) -> None:
         """Delete deliveries that were delivered or given up on before that time."""
@@ -468,7 +490,7 @@ class Journal:
             conn.execute("DELETE FROM deliveries WHERE state != 'pending' AND finished_at < ?",
                          (finished_before,))
 
-        await self._call(write)
+        await self._call(write, power_safe=False)
 
 
 def _record(seq: int, job_id: str, accepted_at: float, state: str, attempts: int,

@@ -198,7 +198,11 @@ class Service:
         self._jobs: dict[str, _Job] = {}
         self._ready: deque[str] = deque()  # ids of queued jobs to start, in order
         self._wakeup = asyncio.Event()  # a job is ready or a worker slot is free
-        self._tasks: dict[str, asyncio.Task[None]] = {}  # the jobs being run
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # the jobs being run or finished
+        # Jobs holding a worker slot: from their start until their runner returns. The
+        # journal write of a result does not hold one, so the next job's start is
+        # committed together with it (a group commit) instead of after it.
+        self._busy = 0
         # Single flight: the job running for a cache key, and the jobs waiting on it.
         self._flights: dict[str, str] = {}
         self._followers: dict[str, list[_Job]] = {}
@@ -461,7 +465,7 @@ class Service:
 
     async def _dispatch(self) -> None:
         while True:
-            while self._ready and len(self._tasks) < self._worker_count and not self._stopping:
+            while self._ready and self._busy < self._worker_count and not self._stopping:
                 job = self._jobs.get(self._ready.popleft())
                 if job is None or job.state is not _State.QUEUED or job.following:
                     continue
@@ -469,6 +473,7 @@ class Service:
                 job.result = pending(Status.RUNNING)
                 self._waiting -= 1
                 self._running += 1
+                self._busy += 1
                 task = asyncio.create_task(self._run(job), name=f"sandboxd-job-{job.id}")
                 self._tasks[job.id] = task
                 task.add_done_callback(functools.partial(self._run_ended, job.id))
@@ -483,35 +488,47 @@ class Service:
         self._wakeup.set()
 
     async def _run(self, job: _Job) -> None:
-        submission = job.submission
-        assert submission is not None
-        job.attempts += 1
         started = time.monotonic()
         try:
-            if self._journal is not None:
-                # Before the run: a job that kills the daemon has this start counted.
-                try:
-                    await self._journal.mark_running(job.id, job.attempts)
-                except JournalError as e:
-                    log.error("job %s: cannot journal its start: %s", job.id, e)
-            self._observer.job_started(submission, max(0.0, self._clock() - job.accepted_at))
-            result = await self._runner.run(submission)
-            if not result.status.is_final:
-                raise RuntimeError(f"runner returned non-final status {result.status.value}")
+            result = await self._attempt(job)
         except asyncio.CancelledError:
             # Only stop() cancels a job: the shutdown deadline passed.
+            self._release_slot()
             await self._cut_short(job, time.monotonic() - started)
             return
-        except Exception as e:
-            # The sandbox's fault, not the program's: log it whole, answer with the gist.
-            log.exception("runner failed on submission %s", job.id)
-            result = _internal_error(f"runner failed: {type(e).__name__}: {e}")
+        self._release_slot()
         # A result in hand is recorded and published even if the deadline passes now.
         finishing = asyncio.ensure_future(self._finish(job, result, time.monotonic() - started))
         try:
             await asyncio.shield(finishing)
         except asyncio.CancelledError:
             await finishing
+
+    async def _attempt(self, job: _Job) -> Result:
+        """One start of `job`, journaled first, to its final result."""
+        submission = job.submission
+        assert submission is not None
+        job.attempts += 1
+        if self._journal is not None:
+            # Before the run: a job that kills the daemon has this start counted.
+            try:
+                await self._journal.mark_running(job.id, job.attempts)
+            except JournalError as e:
+                log.error("job %s: cannot journal its start: %s", job.id, e)
+        self._observer.job_started(submission, max(0.0, self._clock() - job.accepted_at))
+        try:
+            result = await self._runner.run(submission)
+            if not result.status.is_final:
+                raise RuntimeError(f"runner returned non-final status {result.status.value}")
+        except Exception as e:
+            # The sandbox's fault, not the program's: log it whole, answer with the gist.
+            log.exception("runner failed on submission %s", job.id)
+            result = _internal_error(f"runner failed: {type(e).__name__}: {e}")
+        return result
+
+    def _release_slot(self) -> None:
+        self._busy -= 1
+        self._wakeup.set()
 
     async def _cut_short(self, job: _Job, run_s: float) -> None:
         job.attempts -= 1  # a shutdown is not a crash: the next start is not counted
