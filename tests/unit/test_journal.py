@@ -7,7 +7,7 @@ import asyncio
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -198,6 +198,38 @@ async def test_writes_queued_during_a_commit_are_committed_together(journal: Jou
     await asyncio.gather(blocker, *writes)
     assert journal.commits == before + 2  # the blocker's transaction, then all 50 in one
     assert len(await journal.load()) == 50
+
+
+async def test_starts_commit_without_fsync_and_ahead_of_results(journal: Journal) -> None:
+    await journal.accept([NewJob("a", 1.0, submission()), NewJob("b", 2.0, submission())])
+    entered, release = threading.Event(), threading.Event()
+    levels: list[tuple[str, int]] = []
+
+    def slow(conn: sqlite3.Connection) -> None:
+        entered.set()
+        assert release.wait(10)
+
+    def level(name: str) -> Callable[[sqlite3.Connection], None]:
+        """An op that records the synchronous level its commit runs under."""
+
+        def read(conn: sqlite3.Connection) -> None:
+            levels.append((name, conn.execute("PRAGMA synchronous").fetchone()[0]))
+        return read
+
+    blocker = asyncio.ensure_future(journal._call(slow))
+    assert await asyncio.to_thread(entered.wait, 10)
+    order: list[str] = []
+    result = asyncio.ensure_future(journal.finish([FinishedJob("a", b"{}", 3.0)]))
+    result.add_done_callback(lambda _: order.append("result"))
+    probe_full = asyncio.ensure_future(journal._call(level("result")))
+    start = asyncio.ensure_future(journal.mark_running("b", 1))
+    start.add_done_callback(lambda _: order.append("start"))
+    probe_normal = asyncio.ensure_future(journal._call(level("start"), power_safe=False))
+    await asyncio.sleep(0.05)
+    release.set()
+    await asyncio.gather(blocker, result, start, probe_full, probe_normal)
+    assert order == ["start", "result"]
+    assert sorted(levels) == [("result", 2), ("start", 1)]  # FULL = 2, NORMAL = 1
 
 
 async def test_one_failing_write_does_not_fail_the_others_of_its_group(journal: Journal) -> None:
