@@ -51,6 +51,10 @@ from sandboxd.observer import Observer
 
 log = logging.getLogger(__name__)
 
+# How often expired results and cache entries are dropped (at most), and how soon a
+# journal that failed a write is tried again.
+HOUSEKEEPING_S = 5.0
+
 
 class Runner(Protocol):
     """Runs one submission to its final Result (runner.py, or a fake in tests)."""
@@ -679,7 +683,7 @@ class Service:
     async def _housekeep(self) -> None:
         """Expire results and cache entries on time (their memory back), drop old
         webhook deliveries from the journal, and retry a failed journal."""
-        interval = min(max(self._result_ttl_s / 10, 0.05), 30.0)
+        interval = min(max(self._result_ttl_s / 10, 0.05), HOUSEKEEPING_S)
         while True:
             await asyncio.sleep(interval)
             self._expire()
