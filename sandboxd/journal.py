@@ -363,7 +363,10 @@ class Journal:
                     self._commit([op])
                 return
             error = e if isinstance(e, JournalError) else JournalError(f"{type(e).__name__}: {e}")
-            if isinstance(e, sqlite3.OperationalError | sqlite3.DatabaseError):
+            # The file cannot be written (full, read-only, I/O error, damaged), as opposed
+            # to a write the schema refuses (IntegrityError): the former is a health
+            # problem until a commit succeeds again.
+            if isinstance(e, sqlite3.OperationalError) or type(e) is sqlite3.DatabaseError:
                 self.problem = f"{self.path}: {e}"
                 log.error("journal write failed: %s", self.problem)
             batch[0].settle(error=error)
