@@ -7,6 +7,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 LISTEN ?= 127.0.0.1:8080
+# The job journal of `make run`: in the checkout's git-ignored state/ (created if missing).
+JOURNAL ?= state/sandboxd.db
 # Build deps (libcap-dev for python-prctl), the seccomp runtime, and what the cgroup v2
 # VM lane boots with; then the toolchains, from the `packages` of languages.toml:
 # every language by default, `make deps LANGUAGES="c cpp python3"` only those.
@@ -44,7 +46,8 @@ $(VENV)/.installed: pyproject.toml .apt-stamp
 	@touch $@
 
 run: deps
-	$(VENV)/bin/sandboxd serve --listen $(LISTEN)
+	@mkdir -p $(dir $(JOURNAL))
+	$(VENV)/bin/sandboxd serve --listen $(LISTEN) --journal $(JOURNAL)
 
 # `sandboxd` on PATH (a link to this checkout's virtualenv: the daemon runs as root from
 # here), the systemd unit, and a commented default configuration, which an existing

@@ -80,6 +80,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail(problem)
     try:
         config = load_config(args)
+        if args.journal is not None:
+            if not args.journal:
+                raise ConfigError('--journal: expected a file path, or "none"')
+            config = replace(config, server=replace(config.server, journal=args.journal))
         server.parse_listen(config.server.listen)
     except (ConfigError, server.StartupError) as e:
         return _fail(str(e))
@@ -267,6 +271,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", metavar="HOST:PORT",
                        help="overrides [server] listen (default 127.0.0.1:8080)")
     serve.add_argument("--config", metavar="FILE", help=config_help)
+    serve.add_argument("--journal", metavar="PATH",
+                       help='the job journal (SQLite; default /var/lib/sandboxd/sandboxd.db), '
+                            'or "none" to keep jobs in memory only')
     serve.set_defaults(func=cmd_serve)
 
     run = sub.add_parser(

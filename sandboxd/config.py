@@ -85,18 +85,33 @@ class ServerConfig:
     # hold in the daemon; a job count alone let 256 queued 16 MiB jobs take 4 GiB.
     queue_budget_bytes: int = 256 * MIB
     results_kept: int = 10_000
+    # Durability (service.py, journal.py): the journal file, or "none" for memory only.
+    journal: str = "/var/lib/sandboxd/sandboxd.db"
+    max_attempts: int = 3  # starts of a job before a daemon that keeps dying gives up on it
+    result_ttl_s: float = 3600.0  # finished results are served this long
+    results_max_bytes: int = 256 * MIB  # and bounded by count (results_kept) and bytes
+    wait_cap_s: float = 30.0  # the longest ?wait=true holds a request
+    shutdown_deadline_s: float = 30.0  # SIGTERM: running jobs get this long to finish
     max_source_bytes: int = 1 * MIB
     max_stdin_bytes: int = 16 * MIB
     max_body_bytes: int = 16 * MIB
     # Submissions in one POST /execute/batch, and ids in one GET /result?ids=.
     max_batch: int = 100
-    # How long POST /execute?wait=true holds the request before answering 202 with the id.
-    wait_cap_s: float = 30.0
     languages_file: str = str(PROJECT_DIR / "languages.toml")
 
     @property
     def worker_count(self) -> int:
         return self.workers or os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The result cache (cache.py): memory only, bounded, with a TTL."""
+
+    enabled: bool = True
+    max_entries: int = 10_000
+    max_bytes: int = 64 * MIB
+    ttl_s: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -108,6 +123,7 @@ class AuthConfig:
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     limits: RunLimits = field(default_factory=RunLimits)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -187,6 +203,7 @@ def validate(config: Config) -> None:
         problem = token_problem(token)
         if problem:
             raise ConfigError(f"auth.tokens[{i}]: {problem}")
+    _validate_durability(config)
     # The largest job the API accepts must fit an empty queue, or it would be refused
     # with 503 "retry later" forever.
     largest = largest_job_bytes(config)
@@ -195,6 +212,31 @@ def validate(config: Config) -> None:
             f"server.queue_budget_bytes: must be at least {largest} (max_source_bytes + "
             "max_stdin_bytes + sandbox.output_limit_bytes, the largest job), not "
             f"{server.queue_budget_bytes}")
+
+
+def _validate_durability(config: Config) -> None:
+    server, cache = config.server, config.cache
+    if not server.journal:
+        raise ConfigError('server.journal: must be a file path, or "none" for memory only')
+    positive = {"server.max_attempts": server.max_attempts,
+                "server.result_ttl_s": server.result_ttl_s,
+                "server.results_max_bytes": server.results_max_bytes,
+                "server.wait_cap_s": server.wait_cap_s,
+                "cache.max_entries": cache.max_entries, "cache.max_bytes": cache.max_bytes,
+                "cache.ttl_s": cache.ttl_s}
+    for key, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{key}: must be positive, not {value}")
+    if server.results_kept < 0:
+        raise ConfigError(f"server.results_kept: must be >= 0, not {server.results_kept}")
+    if not server.shutdown_deadline_s >= 0:
+        raise ConfigError("server.shutdown_deadline_s: must be >= 0, not "
+                          f"{server.shutdown_deadline_s}")
+
+
+def journal_path(server: ServerConfig) -> str | None:
+    """The journal file, or None when the journal is off (`journal = "none"`)."""
+    return None if server.journal == "none" else server.journal
 
 
 def largest_job_bytes(config: Config) -> int:

@@ -51,7 +51,7 @@ def daemon(tmp_path_factory) -> Iterator[Daemon]:
 
 def start_daemon_with_token(tmp) -> Daemon:
     # start_daemon polls /health to know the daemon is up: it stays open with tokens.
-    return start_daemon(tmp, config_text=CONFIG, log_name="daemon.log")
+    return start_daemon(tmp, config_text=CONFIG, log_name="daemon.log", languages=("python3", "c"))
 
 
 def call(daemon: Daemon, method: str, path: str, body: Any = None, *, raw: bytes | None = None,

@@ -69,3 +69,12 @@ def test_metrics_and_logs_sit_beside_the_observer(name):
     mods = {m.rsplit(".", 1)[0] if m.count(".") > 1 else m
             for m in imported_modules(PACKAGE / name)}
     assert mods <= {"sandboxd.model", "sandboxd.observer", "sandboxd.service"}, mods
+
+
+@pytest.mark.parametrize("name", ["journal.py", "cache.py", "codec.py"])
+def test_service_helpers_import_only_data_modules(name):
+    # The journal and the cache sit below the service: data in, data out.
+    allowed = {"sandboxd.model", "sandboxd.codec", "sandboxd.callbacks"}
+    mods = {m.rsplit(".", 1)[0] if m.rsplit(".", 1)[0] in allowed else m
+            for m in imported_modules(PACKAGE / name)}
+    assert mods <= allowed, mods
