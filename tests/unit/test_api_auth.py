@@ -3,6 +3,7 @@ but GET /health, compared in constant time."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +174,31 @@ def test_batch_and_wait_settings_are_validated(tmp_path: Path, text: str, error:
 def test_batch_and_wait_settings_load(tmp_path: Path) -> None:
     config = load(write(tmp_path, "[server]\nmax_batch = 7\nwait_cap_s = 2\n"))
     assert (config.server.max_batch, config.server.wait_cap_s) == (7, 2.0)
+
+
+# -- the start-up warning ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("host", "tokens", "warned"), [
+    ("127.0.0.1", (), False),
+    ("127.0.0.2", (), False),
+    ("::1", (), False),
+    ("localhost", (), False),
+    ("0.0.0.0", (), True),
+    ("::", (), True),
+    ("10.1.2.3", (), True),
+    ("judge.example", (), True),  # a name may resolve to anything
+    ("0.0.0.0", (TOKEN_A,), False),
+])
+def test_a_non_loopback_address_without_tokens_is_warned_about(
+        caplog: pytest.LogCaptureFixture, host: str, tokens: tuple[str, ...],
+        warned: bool) -> None:
+    from sandboxd import server
+    from tests.unit.test_api import make_config
+
+    with caplog.at_level(logging.WARNING, logger="sandboxd"):
+        server.warn_if_open_to_the_network(host, 8080, make_config(tokens=tokens))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert bool(warnings) == warned, warnings
+    if warned:
+        assert f"listening on {host}:8080" in warnings[0] and "[auth] tokens" in warnings[0]
