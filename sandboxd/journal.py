@@ -282,7 +282,10 @@ class Journal:
     async def _call(self, fn: Callable[[sqlite3.Connection], T], *, setup: bool = False,
                     power_safe: bool = True) -> T:
         """Run `fn` in the journal's thread, in the next group commit. `power_safe`
-        False: the commit needs to survive the daemon's death, not a power loss."""
+        False: the commit needs to survive the daemon's death, not a power loss; such a
+        write is committed ahead of the power-safe operations queued with it, so it may
+        depend on none of them (its caller awaits what it depends on). Reads stay
+        power-safe: they see every write queued before them."""
         if self._closed and not setup:
             raise JournalError("the journal is closed")
         loop = asyncio.get_running_loop()
@@ -436,7 +439,7 @@ class Journal:
                 "FROM jobs ORDER BY seq")
             return [_record(*row) for row in cursor]
 
-        return await self._call(read, power_safe=False)
+        return await self._call(read)
 
     async def probe(self) -> None:
         """A small write, to find out whether the journal is writable again."""
@@ -484,7 +487,7 @@ class Journal:
             return [Delivery(id=row[0], job_id=row[1], url=row[2], body=bytes(row[3]),
                              attempts=row[4]) for row in cursor]
 
-        return await self._call(read, power_safe=False)
+        return await self._call(read)
 
     async def forget_deliveries(self, finished_before: float) -> None:
         """Delete deliveries that were delivered or given up on before that time."""

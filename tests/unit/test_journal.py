@@ -291,11 +291,14 @@ async def test_a_write_completes_although_its_caller_is_cancelled(journal: Journ
     blocker = asyncio.ensure_future(journal._call(slow))
     assert await asyncio.to_thread(entered.wait, 10)
     write = asyncio.ensure_future(journal.accept([NewJob("x", 1.0, submission())]))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # its operation is queued
     write.cancel()
+    # Queued behind it, in the same group: a read sees every write queued before it.
+    read = asyncio.ensure_future(journal.load())
+    await asyncio.sleep(0)
     release.set()
     await blocker
-    assert [r.id for r in await journal.load()] == ["x"]
+    assert [r.id for r in await read] == ["x"]
 
 
 # -- webhook deliveries (the DeliveryStore protocol) -----------------------------------
