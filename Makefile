@@ -7,6 +7,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 LISTEN ?= 127.0.0.1:8080
+# The job journal of `make run`: in the checkout's git-ignored state/ (created if missing).
+JOURNAL ?= state/sandboxd.db
 # Build deps (libcap-dev for python-prctl), the seccomp runtime, and what the cgroup v2
 # VM lane boots with; then the toolchains, from the `packages` of languages.toml:
 # every language by default, `make deps LANGUAGES="c cpp python3"` only those.
@@ -44,11 +46,35 @@ $(VENV)/.installed: pyproject.toml .apt-stamp
 	@touch $@
 
 run: deps
-	$(VENV)/bin/sandboxd serve --listen $(LISTEN)
+	@mkdir -p $(dir $(JOURNAL))
+	$(VENV)/bin/sandboxd serve --listen $(LISTEN) --journal $(JOURNAL)
 
-# `sandboxd` on PATH: a link to this checkout's virtualenv (the daemon runs as root).
+# `sandboxd` on PATH (a link to this checkout's virtualenv: the daemon runs as root from
+# here), the systemd unit, and a commented default configuration, which an existing
+# /etc/sandboxd/sandboxd.toml is never replaced by. DESTDIR stages it all elsewhere.
+PREFIX ?= /usr/local
+SYSCONFDIR ?= /etc
+UNITDIR ?= /etc/systemd/system
+DESTDIR ?=
+CONFIG_FILE := $(DESTDIR)$(SYSCONFDIR)/sandboxd/sandboxd.toml
+
 install: deps
-	ln -sf $(CURDIR)/$(VENV)/bin/sandboxd /usr/local/bin/sandboxd
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR)
+	install -d -m 755 $(DESTDIR)$(SYSCONFDIR)/sandboxd
+	ln -sfn $(CURDIR)/$(VENV)/bin/sandboxd $(DESTDIR)$(PREFIX)/bin/sandboxd
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@PROJECT_DIR@|$(CURDIR)|g' \
+		systemd/sandboxd.service > $(DESTDIR)$(UNITDIR)/sandboxd.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/sandboxd.service
+	@# 0640: the file may hold API tokens.
+	@if [ -e $(CONFIG_FILE) ]; then \
+		echo "kept the existing $(CONFIG_FILE)"; \
+	else \
+		sed 's|@PROJECT_DIR@|$(CURDIR)|g' systemd/sandboxd.toml > $(CONFIG_FILE).new && \
+		chmod 640 $(CONFIG_FILE).new && mv $(CONFIG_FILE).new $(CONFIG_FILE) && \
+		echo "installed $(CONFIG_FILE)"; \
+	fi
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "start it with: systemctl enable --now sandboxd"
 
 test: deps
 	$(PY) -m pytest tests -ra

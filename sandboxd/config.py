@@ -85,9 +85,18 @@ class ServerConfig:
     # hold in the daemon; a job count alone let 256 queued 16 MiB jobs take 4 GiB.
     queue_budget_bytes: int = 256 * MIB
     results_kept: int = 10_000
+    # Durability (service.py, journal.py): the journal file, or "none" for memory only.
+    journal: str = "/var/lib/sandboxd/sandboxd.db"
+    max_attempts: int = 3  # starts of a job before a daemon that keeps dying gives up on it
+    result_ttl_s: float = 3600.0  # finished results are served this long
+    results_max_bytes: int = 256 * MIB  # and bounded by count (results_kept) and bytes
+    wait_cap_s: float = 30.0  # the longest ?wait=true holds a request
+    shutdown_deadline_s: float = 30.0  # SIGTERM: running jobs get this long to finish
     max_source_bytes: int = 1 * MIB
     max_stdin_bytes: int = 16 * MIB
     max_body_bytes: int = 16 * MIB
+    # Submissions in one POST /execute/batch, and ids in one GET /result?ids=.
+    max_batch: int = 100
     languages_file: str = str(PROJECT_DIR / "languages.toml")
 
     @property
@@ -96,10 +105,28 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    """The result cache (cache.py): memory only, bounded, with a TTL."""
+
+    enabled: bool = True
+    max_entries: int = 10_000
+    max_bytes: int = 64 * MIB
+    ttl_s: float = 3600.0
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    # API tokens (`Authorization: Bearer <token>`); empty: no authentication.
+    tokens: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     limits: RunLimits = field(default_factory=RunLimits)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
 
 def _build(defaults: Any, data: Any, where: str) -> Any:
@@ -120,6 +147,11 @@ def _build(defaults: Any, data: Any, where: str) -> Any:
         elif isinstance(current, bool) or isinstance(value, bool):
             if type(value) is not type(current):
                 raise ConfigError(f"{path}: expected {type(current).__name__}")
+        elif isinstance(current, list | tuple):
+            # A TOML array of strings, kept as the default's (immutable) type.
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{path}: expected an array of strings")
+            value = type(current)(value)
         elif isinstance(current, float) and isinstance(value, int):
             value = float(value)
         elif current is None:
@@ -162,6 +194,16 @@ def validate(config: Config) -> None:
     for name in ("max_source_bytes", "max_stdin_bytes", "max_body_bytes"):
         if getattr(server, name) < 1:
             raise ConfigError(f"server.{name}: must be positive")
+    if server.max_batch < 1:
+        raise ConfigError(f"server.max_batch: must be at least 1, not {server.max_batch}")
+    if not 0 < server.wait_cap_s <= 3600:
+        raise ConfigError(f"server.wait_cap_s: must be in (0, 3600] seconds, not "
+                          f"{server.wait_cap_s}")
+    for i, token in enumerate(config.auth.tokens):
+        problem = token_problem(token)
+        if problem:
+            raise ConfigError(f"auth.tokens[{i}]: {problem}")
+    _validate_durability(config)
     # The largest job the API accepts must fit an empty queue, or it would be refused
     # with 503 "retry later" forever.
     largest = largest_job_bytes(config)
@@ -172,8 +214,46 @@ def validate(config: Config) -> None:
             f"{server.queue_budget_bytes}")
 
 
+def _validate_durability(config: Config) -> None:
+    server, cache = config.server, config.cache
+    if not server.journal:
+        raise ConfigError('server.journal: must be a file path, or "none" for memory only')
+    positive = {"server.max_attempts": server.max_attempts,
+                "server.result_ttl_s": server.result_ttl_s,
+                "server.results_max_bytes": server.results_max_bytes,
+                "server.wait_cap_s": server.wait_cap_s,
+                "cache.max_entries": cache.max_entries, "cache.max_bytes": cache.max_bytes,
+                "cache.ttl_s": cache.ttl_s}
+    for key, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{key}: must be positive, not {value}")
+    if server.results_kept < 0:
+        raise ConfigError(f"server.results_kept: must be >= 0, not {server.results_kept}")
+    if not server.shutdown_deadline_s >= 0:
+        raise ConfigError("server.shutdown_deadline_s: must be >= 0, not "
+                          f"{server.shutdown_deadline_s}")
+
+
+def journal_path(server: ServerConfig) -> str | None:
+    """The journal file, or None when the journal is off (`journal = "none"`)."""
+    return None if server.journal == "none" else server.journal
+
+
 def largest_job_bytes(config: Config) -> int:
     """The most input one accepted job can hold (an expected_output longer than the
     output limit is refused: no output could match it)."""
     s = config.server
     return s.max_source_bytes + s.max_stdin_bytes + config.sandbox.output_limit_bytes
+
+
+MIN_TOKEN_LENGTH = 16
+
+
+def token_problem(token: str) -> str | None:
+    """Why `token` cannot be an API token, or None. Tokens travel in an HTTP header,
+    so only visible ASCII; short ones could be guessed."""
+    if len(token) < MIN_TOKEN_LENGTH:
+        return f"must be at least {MIN_TOKEN_LENGTH} characters (e.g. `openssl rand -hex 32`)"
+    if not all("!" <= c <= "~" for c in token):
+        return "only visible ASCII characters, no spaces"
+    return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 
 from sandboxd.config import MIB, Config
 from sandboxd.jail.spec import BoxLimits, JailError, JailOutcome, JailSpec, SeccompProfile
@@ -20,6 +21,7 @@ from sandboxd.jail.supervisor import Sandbox
 from sandboxd.jail.workspace import Workspace
 from sandboxd.languages import Language, Registry, StepSizes, parse_version
 from sandboxd.model import Limits, Result, Status, Submission
+from sandboxd.observer import Observer
 from sandboxd.outputs import BOM
 from sandboxd.verdict import decide, decided_by_compile, to_result
 
@@ -29,10 +31,13 @@ DATA_LIMIT_MARGIN_BYTES = 256 * MIB  # thread stacks (8 MiB each) count as data 
 
 
 class Runner:
-    def __init__(self, sandbox: Sandbox, languages: Registry, config: Config) -> None:
+    def __init__(self, sandbox: Sandbox, languages: Registry, config: Config,
+                 observer: Observer | None = None) -> None:
         self.sandbox = sandbox
         self.languages = languages
         self.config = config
+        # Told of every compile and run step and every sandbox failure (metrics.py).
+        self.observer = observer if observer is not None else Observer()
 
     @property
     def healthy(self) -> bool:
@@ -41,10 +46,14 @@ class Runner:
     async def run(self, submission: Submission) -> Result:
         lang = self.languages[submission.language]
         try:
-            return await self._run(lang, submission)
+            result = await self._run(lang, submission)
         except JailError as e:
             log.error("sandbox failure for %s: %s", submission.language, e)
-            return Result(status=Status.INTERNAL_ERROR, message=f"sandbox failure: {e}")
+            result = Result(status=Status.INTERNAL_ERROR, message=f"sandbox failure: {e}")
+        if result.status is Status.INTERNAL_ERROR:
+            # A box that failed to set up (a JailError, or a setup error the box reported).
+            self.observer.sandbox_failure(result.message or "internal error")
+        return result
 
     async def _run(self, lang: Language, submission: Submission) -> Result:
         async with self.sandbox.slot() as slot:
@@ -59,16 +68,20 @@ class Runner:
                 compiled: JailOutcome | None = None
                 compile_step = lang.compile_step
                 if compile_step is not None:
+                    started = time.monotonic()
                     compiled = await self.sandbox.run(self._spec(
                         lang, lang.argv(compile_step, StepSizes.compile(self.config, lang)),
                         self._compile_limits(lang), slot, workspace, merge_stderr=True))
+                    self.observer.compile_step(lang.id, time.monotonic() - started)
                     verdict = decided_by_compile(compiled)
                     if verdict is not None:
                         return to_result(verdict, compiled, None)
                 sizes = StepSizes.run(self.config, submission.limits.memory_limit_mb)
+                started = time.monotonic()
                 ran = await self.sandbox.run(self._spec(
                     lang, lang.run_argv(sizes), self._run_limits(lang, submission.limits),
                     slot, workspace, stdin=submission.stdin.encode()))
+                self.observer.run_step(lang.id, time.monotonic() - started)
                 status = decide(compiled, ran, submission.expected_output, lang.out_of_memory)
                 return to_result(status, compiled, ran)
             finally:

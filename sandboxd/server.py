@@ -1,15 +1,17 @@
 """Composition root: config -> languages -> sandbox -> runner -> service -> aiohttp app.
 
-Also the process lifecycle: start-up checks (every language's seccomp profile
-compiles, every toolchain answers its version command in a real box), serving,
-and a graceful drain on SIGTERM/SIGINT: stop accepting, finish what runs, kill
-what remains, remove every cgroup and workspace.
+Also the process lifecycle: start-up checks (the journal opens, every language's
+seccomp profile compiles, every toolchain answers its version command in a real box),
+recovery of the journaled jobs, serving, and a graceful drain on SIGTERM/SIGINT: stop
+accepting, finish what runs up to `server.shutdown_deadline_s`, kill what remains
+(journaled: it runs after the next start), remove every cgroup and workspace.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import ipaddress
 import logging
 import signal
 
@@ -17,16 +19,16 @@ from aiohttp import web
 
 from sandboxd import api
 from sandboxd import languages as languages_mod
-from sandboxd.config import Config
+from sandboxd.config import Config, journal_path
 from sandboxd.jail import seccomp
 from sandboxd.jail.spec import JailError, SeccompProfile
 from sandboxd.jail.supervisor import Sandbox
+from sandboxd.journal import Journal, JournalError
+from sandboxd.metrics import Metrics
 from sandboxd.runner import Runner
 from sandboxd.service import Service
 
 log = logging.getLogger("sandboxd")
-
-DRAIN_TIMEOUT_S = 30.0
 
 
 M_MMAP_THRESHOLD = -3  # mallopt(3)
@@ -54,6 +56,23 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
         raise StartupError(f"--listen: expected HOST:PORT, got {listen!r}")
     return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def warn_if_open_to_the_network(host: str, port: int, config: Config) -> None:
+    """Anyone who can reach a non-loopback address without a token can run code here."""
+    if not config.auth.tokens and not is_loopback(host):
+        log.warning("listening on %s:%d, which is not a loopback address, without API "
+                    "tokens: anyone who can reach it can run programs here; set [auth] "
+                    "tokens in the configuration", host, port)
 
 
 def load_languages(config: Config) -> languages_mod.Registry:
@@ -109,24 +128,46 @@ async def probe_versions(runner: Runner, registry: languages_mod.Registry) -> No
     await asyncio.gather(*(probe(lang) for lang in registry))
 
 
+async def open_journal(config: Config) -> Journal | None:
+    """The journal of `server.journal` (None: "none", memory only); unusable is a
+    start-up error: accepting jobs that a crash would lose is not an option."""
+    path = journal_path(config.server)
+    if path is None:
+        return None
+    try:
+        return await Journal.open(path)
+    except JournalError as e:
+        raise StartupError(f"journal (server.journal, --journal): {e}") from None
+
+
 async def serve(config: Config) -> None:
     return_large_buffers_to_the_os()
     host, port = parse_listen(config.server.listen)
     registry = load_languages(config)
+    journal = await open_journal(config)
+    try:
+        await _serve(config, host, port, registry, journal)
+    finally:
+        if journal is not None:
+            await journal.close()
+
+
+async def _serve(config: Config, host: str, port: int, registry: languages_mod.Registry,
+                 journal: Journal | None) -> None:
     try:
         sandbox = make_sandbox(config)
         sandbox.start()
     except Exception as e:
         raise StartupError(f"cannot set up sandboxes: {e}") from None
     try:
-        runner = Runner(sandbox, registry, config)
+        # The observer of runner and service, and the /metrics endpoint's registry.
+        metrics = Metrics()
+        runner = Runner(sandbox, registry, config, observer=metrics)
         await probe_versions(runner, registry)
-        service = Service(runner, workers=config.server.worker_count,
-                          queue_size=config.server.queue_size,
-                          results_kept=config.server.results_kept,
-                          budget_bytes=config.server.queue_budget_bytes)
+        service = Service.from_config(runner, config, journal=journal, observer=metrics)
+        # Recovers the journaled jobs: they start running before the port opens.
         await service.start()
-        app = api.create_app(service, registry, config)
+        app = api.create_app(service, registry, config, metrics=metrics)
         app_runner = web.AppRunner(app, access_log=None)
         await app_runner.setup()
         site = web.TCPSite(app_runner, host, port)
@@ -134,16 +175,20 @@ async def serve(config: Config) -> None:
             await site.start()
         except OSError as e:
             raise StartupError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-        log.info("sandboxd listening on http://%s:%d (cgroup %s, %d workers, %d languages)",
-                 host, port, sandbox.cgroup_version, config.server.worker_count, len(registry))
+        warn_if_open_to_the_network(host, port, config)
+        log.info("sandboxd listening on http://%s:%d (cgroup %s, %d workers, %d languages, "
+                 "journal %s)", host, port, sandbox.cgroup_version, config.server.worker_count,
+                 len(registry), journal.path if journal is not None else "off")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        log.info("sandboxd: draining (up to %.0f s)", DRAIN_TIMEOUT_S)
+        deadline = config.server.shutdown_deadline_s
+        log.info("sandboxd: draining (running jobs get up to %g s; new ones get 503)", deadline)
+        # The port stays open meanwhile: POST answers 503, results can still be read.
+        await service.stop(deadline)
         await site.stop()
-        await service.stop(DRAIN_TIMEOUT_S)
         await app_runner.cleanup()
     finally:
         sandbox.close()

@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,7 @@ class Daemon:
     state_dir: str
     port: int
     log_path: Path | None = None
+    journal: str = "none"  # its --journal: a file path, or "none"
 
     def output(self) -> str:
         """What the daemon printed so far (its log file), or all of it once it exited."""
@@ -63,18 +64,20 @@ class Daemon:
         return body
 
 
-def _only_test_languages(tmp_path: Path, config_text: str) -> str:
+def _only_test_languages(tmp_path: Path, config_text: str,
+                         languages: Sequence[str] | None = None) -> str:
     """With SANDBOXD_TEST_LANGUAGES (the VM lane), the daemon gets only those tables of
     languages.toml: it probes every language's toolchain before it serves, which under
-    software emulation takes minutes for all of them."""
-    only = os.environ.get("SANDBOXD_TEST_LANGUAGES", "").split()
+    software emulation takes minutes for all of them. `languages`: only these (a test
+    that needs no others starts its daemons faster)."""
+    only = list(languages or ()) or os.environ.get("SANDBOXD_TEST_LANGUAGES", "").split()
     if not only or "languages_file" in config_text:
         return config_text
     text = (Path(__file__).resolve().parents[2] / "languages.toml").read_text()
     tables = re.split(r"^(?=\[)", text, flags=re.M)
     kept = [t for t in tables if re.match(r"\[([a-z0-9_+-]+)(\.tests)?\]", t)
             and re.match(r"\[([a-z0-9_+-]+)", t).group(1) in only]  # type: ignore[union-attr]
-    path = tmp_path / "languages-subset.toml"
+    path = tmp_path / f"languages-{'-'.join(sorted(only))}.toml"
     path.write_text("".join(kept))
     line = f'languages_file = "{path}"\n'
     if re.search(r"^\[server\]\n", config_text, flags=re.M):
@@ -85,29 +88,34 @@ def _only_test_languages(tmp_path: Path, config_text: str) -> str:
 
 def start_daemon(tmp_path: Path, extra_config: str = "", *, state_dir: str = STATE_DIR,
                  config_text: str | None = None, preexec_fn=None,
-                 log_name: str | None = None) -> Daemon:
+                 log_name: str | None = None, journal: str | Path | None = None,
+                 languages: Sequence[str] | None = None) -> Daemon:
     """A daemon on a free port. `extra_config` is appended to its `[sandbox]` table;
     `config_text` replaces the whole file (then `state_dir` is not written for it).
     With `log_name` the daemon's output goes to that file in `tmp_path` (never a pipe
-    nobody reads while a long test runs) and `stop_daemon` returns its content."""
+    nobody reads while a long test runs) and `stop_daemon` returns its content.
+    `journal`: its --journal (default: a new file in `tmp_path`, never the system's
+    journal); pass the same path again to restart a daemon on it. `languages`: load
+    only these."""
     port = free_port()
     config = tmp_path / f"sandboxd-{port}.toml"
     if config_text is None:
         config_text = f'[sandbox]\nstate_dir = "{state_dir}"\n{extra_config}'
-    config_text = _only_test_languages(tmp_path, config_text)
+    config_text = _only_test_languages(tmp_path, config_text, languages)
+    journal = str(journal) if journal is not None else str(tmp_path / f"journal-{port}.db")
     config.write_text(config_text)
     log = open(tmp_path / log_name, "wb") if log_name else None  # noqa: SIM115
     try:
         process = subprocess.Popen(
             [sys.executable, "-m", "sandboxd", "serve", "--listen", f"127.0.0.1:{port}",
-             "--config", str(config)],
+             "--config", str(config), "--journal", journal],
             stdout=log or subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=preexec_fn,
         )
     finally:
         if log is not None:
             log.close()
     daemon = Daemon(f"http://127.0.0.1:{port}", process, state_dir, port,
-                    log_path=tmp_path / log_name if log_name else None)
+                    log_path=tmp_path / log_name if log_name else None, journal=journal)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -102,8 +102,10 @@ def test_trickling_boxes_cost_the_daemon_little_cpu_and_it_keeps_serving(four_wo
     server = _fork_server_of(daemon)
     cpu_before = _cpu_s(daemon.process.pid) + _cpu_s(server)
 
+    # Three identical jobs: `cache: false`, or the result cache would run one of them and
+    # hand its result to the other two.
     jobs = [_submit(daemon, language="c", source=TRICKLE, time_limit_ms=2 * TRICKLE_S * 1000,
-                    wall_time_limit_ms=30_000) for _ in range(3)]
+                    wall_time_limit_ms=30_000, cache=False) for _ in range(3)]
     # While they trickle: the daemon answers, and a fourth job runs to its end.
     deadline = time.monotonic() + 120
     while not all(_result(daemon, j)["status"] == "Running" for j in jobs):

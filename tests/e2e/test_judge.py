@@ -11,7 +11,7 @@ def test_expected_output_longer_than_the_output_limit_is_400(daemon):
         "language": "python3", "source": "print('x' * 2**20)",
         "expected_output": "x" * (MIB + 1)})
     assert status == 400, body
-    assert body["error"].startswith("expected_output is 1048577 bytes")
+    assert body["error"].startswith("expected_output: 1048577 bytes")
     assert "sandbox.output_limit_bytes" in body["error"]
 
 

@@ -61,3 +61,20 @@ def test_verdict_is_pure():
                     "sandboxd.jail.spec", "sandboxd.jail.spec.JailOutcome",
                     "sandboxd.jail.spec.Termination", "sandboxd.outputs",
                     "sandboxd.outputs.outputs_match"}, mods
+
+
+@pytest.mark.parametrize("name", ["metrics.py", "logs.py"])
+def test_metrics_and_logs_sit_beside_the_observer(name):
+    # Reported to by service and runner, exposed by api: they never reach up or down.
+    mods = {m.rsplit(".", 1)[0] if m.count(".") > 1 else m
+            for m in imported_modules(PACKAGE / name)}
+    assert mods <= {"sandboxd.model", "sandboxd.observer", "sandboxd.service"}, mods
+
+
+@pytest.mark.parametrize("name", ["journal.py", "cache.py", "codec.py"])
+def test_service_helpers_import_only_data_modules(name):
+    # The journal and the cache sit below the service: data in, data out.
+    allowed = {"sandboxd.model", "sandboxd.codec", "sandboxd.callbacks"}
+    mods = {m.rsplit(".", 1)[0] if m.rsplit(".", 1)[0] in allowed else m
+            for m in imported_modules(PACKAGE / name)}
+    assert mods <= allowed, mods
