@@ -594,14 +594,10 @@ class Dispatcher:
         problem = validate_callback_url(delivery.url, self._config)
         if problem is not None:  # the allow-list may have changed since it was accepted
             return Outcome(Verdict.GIVE_UP, f"refused: {problem}")
-        url = URL(delivery.url)
-        # The connector resolves names through CheckingResolver but takes an address
-        # literal as it is, so that one is checked here.
-        literal = _literal_address(url.raw_host or "")
-        if literal is not None:
-            refusal = address_refusal(literal, url.port or 0, self._config.allowed)
-            if refusal is not None:
-                return Outcome(Verdict.GIVE_UP, f"refused: {refusal}")
+        # The connector resolves a name through CheckingResolver but takes an address
+        # literal as it is: that needs no other check, because validate_callback_url let
+        # it through only if that exact address (and port) is listed, which is also what
+        # permits a non-public address.
         assert self._session is not None, "start() first"
         headers = {
             "Content-Type": "application/json",

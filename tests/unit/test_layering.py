@@ -61,3 +61,15 @@ def test_verdict_is_pure():
                     "sandboxd.jail.spec", "sandboxd.jail.spec.JailOutcome",
                     "sandboxd.jail.spec.Termination", "sandboxd.outputs",
                     "sandboxd.outputs.outputs_match"}, mods
+
+
+@pytest.mark.parametrize(("name", "allowed"), [
+    ("webhooks.py", {"sandboxd", "sandboxd.__version__", "sandboxd.callbacks", "sandboxd.config",
+                     "sandboxd.model", "sandboxd.observer"}),
+    ("callbacks.py", {"sandboxd.model"}),
+])
+def test_webhooks_know_only_the_contract_and_pure_data(name, allowed):
+    """The dispatcher is wired in by server.py and called through callbacks.py: it knows
+    nothing of HTTP routes, the service, the runner or the kernel."""
+    mods = imported_modules(PACKAGE / name)
+    assert {".".join(m.split(".")[:2]) for m in mods} <= allowed, mods

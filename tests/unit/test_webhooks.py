@@ -601,3 +601,16 @@ async def test_a_delivery_finished_while_a_refill_reads_is_not_sent_again() -> N
     await d.stop(1)
     attempted = [i for i, _ in d.attempted]
     assert sorted(attempted) == list(range(1, 7)), attempted
+
+
+@pytest.mark.parametrize("allowed", [("127.0.0.1",), ("10.0.0.5:8080",), ("::1", "fd00::1"),
+                                     ("169.254.169.254",), ("203.0.113.7:443",)])
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "10.0.0.5", "[::1]", "[fd00::1]",
+                                  "[::ffff:127.0.0.1]", "169.254.169.254", "203.0.113.7"])
+@pytest.mark.parametrize("port", [443, 8080])
+def test_an_address_url_that_validates_may_be_connected_to(allowed, host, port) -> None:
+    """The dispatcher connects to an address literal without a resolver: it relies on
+    validation permitting only what `address_refusal` permits."""
+    config = hooks(*allowed)
+    if validate_callback_url(f"https://{host}:{port}/", config) is None:
+        assert address_refusal(ip(host.strip("[]")), port, config.allowed) is None
