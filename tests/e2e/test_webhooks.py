@@ -5,20 +5,24 @@ No root needed; nothing leaves the loopback interface."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
+import re
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 import pytest
 from aiohttp import web
 
 from sandboxd import __version__
-from sandboxd.config import WebhookConfig
+from sandboxd.config import WebhookConfig, load
 from sandboxd.model import Result, Status
 from sandboxd.observer import Observer
-from sandboxd.webhooks import Dispatcher, MemoryDeliveryStore, validate_callback_url
+from sandboxd.webhooks import Dispatcher, MemoryDeliveryStore, signature, validate_callback_url
 from tests.e2e.conftest import free_port
 
 RESULT = Result(status=Status.WRONG_ANSWER, stdout="41\n", exit_code=0, time_ms=3,
@@ -332,3 +336,88 @@ async def test_a_backlog_overflow_delivers_everything_once_in_order(receiver: Re
     assert [r.headers["X-Sandboxd-Submission"] for r in receiver.requests] == [
         f"job-{i}" for i in range(12)]
     assert all(r.delivered for r in store.records())
+
+
+# -- docs/WEBHOOKS.md's examples work as written ------------------------------------------
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "WEBHOOKS.md"
+DOC_PORT = "9000"
+
+
+def doc_blocks(language: str) -> list[str]:
+    return [body for lang, body in re.findall(r"^```(\w*)\n(.*?)^```$", DOC.read_text(),
+                                              flags=re.S | re.M) if lang == language]
+
+
+def doc_config(tmp_path: Path, port: int | None = None) -> WebhookConfig:
+    """The doc's [webhooks] table, loaded as the daemon loads its file."""
+    [toml] = doc_blocks("toml")
+    if port is not None:
+        assert f":{DOC_PORT}" in toml
+        toml = toml.replace(f":{DOC_PORT}", f":{port}")
+    path = tmp_path / "sandboxd.toml"
+    path.write_text(toml)
+    return load(path).webhooks
+
+
+def test_the_doc_url_examples_are_what_validation_says(tmp_path: Path) -> None:
+    cfg = doc_config(tmp_path)
+    rows = re.findall(r"^\| `(https?://[^`]*)` \| (accepted|refused)(.*)\|$", DOC.read_text(),
+                      flags=re.M)
+    assert len(rows) >= 6
+    for url, verdict, detail in rows:
+        problem = validate_callback_url(url, cfg)
+        if verdict == "accepted":
+            assert problem is None, (url, problem)
+        else:
+            assert problem is not None, url
+            quoted = re.search(r"`([^`]+)`", detail)
+            if quoted:
+                assert quoted.group(1) == problem, (url, problem)
+
+
+def test_the_doc_signature_check_accepts_our_signature_only() -> None:
+    [snippet] = [b for b in doc_blocks("python") if "def signature_ok" in b]
+    namespace: dict = {}
+    exec(snippet, namespace)
+    body = orjson.dumps(RESULT.to_json("job-1"))
+    ok = namespace["signature_ok"]
+    assert ok(b"k", body, signature("k", body))
+    assert not ok(b"k", body + b" ", signature("k", body))
+    assert not ok(b"other", body, signature("k", body))
+
+
+async def test_the_doc_receiver_gets_a_signed_delivery_once(tmp_path: Path) -> None:
+    [receiver_code] = [b for b in doc_blocks("python") if "serve_forever" in b]
+    port = free_port()
+    script = tmp_path / "receiver.py"
+    script.write_text(receiver_code.replace(f", {DOC_PORT})", f", {port})"))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL)
+    try:
+        cfg = doc_config(tmp_path, port)
+        url = f"http://127.0.0.1:{port}/sandboxd"
+        for _ in range(500):  # until it listens
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.02)
+        store = await deliver(cfg, url, job_id="job-doc")
+        again = await deliver(cfg, url, job_id="job-doc")  # a repeat: printed once
+        unsigned = await deliver(dataclasses.replace(cfg, secret="wrong"), url,
+                                 job_id="job-forged")
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), 30)
+        assert line.decode() == f"job-doc {RESULT.status.value}\n"
+    finally:
+        process.terminate()
+        rest, _ = await process.communicate()
+    assert rest == b""  # the repeat and the forged one printed nothing
+    for s in (store, again):
+        record = s.record(1)
+        assert record is not None and record.delivered is True
+    record = unsigned.record(1)
+    assert record is not None and (record.delivered, record.error) == (False, "HTTP 401")
