@@ -205,13 +205,14 @@ def _build(defaults: Any, data: Any, where: str) -> Any:
         path = f"{where}.{name}" if where else name
         if dataclasses.is_dataclass(current):
             value = _build(current, value, path)
-        elif isinstance(current, tuple):
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"{path}: expected a list of strings")
-            value = tuple(value)
         elif isinstance(current, bool) or isinstance(value, bool):
             if type(value) is not type(current):
                 raise ConfigError(f"{path}: expected {type(current).__name__}")
+        elif isinstance(current, list | tuple):
+            # A TOML array of strings, kept as the default's (immutable) type.
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{path}: expected an array of strings")
+            value = type(current)(value)
         elif isinstance(current, float) and isinstance(value, int):
             value = float(value)
         elif current is None:

@@ -90,8 +90,9 @@ secret = "s3cret"
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ('allowed_hosts = "hooks.example.com"', r"webhooks\.allowed_hosts: expected a list of strings"),
-    ("allowed_hosts = [1]", r"webhooks\.allowed_hosts: expected a list of strings"),
+    ('allowed_hosts = "hooks.example.com"',
+     r"webhooks\.allowed_hosts: expected an array of strings"),
+    ("allowed_hosts = [1]", r"webhooks\.allowed_hosts: expected an array of strings"),
     ('allowed_hosts = ["ok.example", "*.example.com"]',
      r"webhooks\.allowed_hosts\[1\]: '\*\.example\.com': wildcards are not supported"),
     ('allowed_hosts = ["h:0"]', r"webhooks\.allowed_hosts\[0\]: 'h:0': the port must be"),
