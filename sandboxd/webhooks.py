@@ -353,42 +353,193 @@ class MemoryDeliveryStore:
         return sorted([*self._pending.values(), *self._finished.values()], key=lambda r: r.id)
 
 
-class Dispatcher:
-    """Delivers callbacks (implements `callbacks.CallbackNotifier`).
+class CallbackClient:
+    """The HTTP side: one POST of a delivery per `post`, over a client session whose only
+    resolver is `CheckingResolver`, so it connects to checked addresses only."""
 
-    Deliveries held in memory (queued, in flight, or waiting for their retry) number
-    at most `backlog`; beyond it a new one waits in the store only, and is loaded from
-    there when the backlog has drained to half. At most `concurrency` attempts run at
-    once. Stop the service before the dispatcher: a job finishing while the service
-    drains still has its callback recorded.
+    def __init__(self, config: WebhookConfig, getaddrinfo: GetAddrInfo | None = None):
+        """`getaddrinfo` replaces the event loop's (tests)."""
+        self._config = config
+        self._getaddrinfo = getaddrinfo
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        connector = aiohttp.TCPConnector(
+            resolver=CheckingResolver(self._config.allowed, self._getaddrinfo),
+            use_dns_cache=False, limit=self._config.concurrency, family=socket.AF_UNSPEC)
+        # No cookie jar: one receiver's cookies must never reach another. trust_env off:
+        # an environment proxy would resolve (and reach) what we refused.
+        self._session = aiohttp.ClientSession(
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
+            auto_decompress=False, timeout=aiohttp.ClientTimeout(total=self._config.timeout_s))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def post(self, delivery: Delivery) -> Outcome:
+        """One attempt (never raises for anything the network or the receiver does)."""
+        problem = validate_callback_url(delivery.url, self._config)
+        if problem is not None:  # the allow-list may have changed since it was accepted
+            return Outcome(Verdict.GIVE_UP, f"refused: {problem}")
+        # The connector resolves a name through CheckingResolver but takes an address
+        # literal as it is: that needs no other check, because validate_callback_url let
+        # it through only if that exact address (and port) is listed, which is also what
+        # permits a non-public address.
+        assert self._session is not None, "open() first"
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "X-Sandboxd-Submission": delivery.job_id,
+            "X-Sandboxd-Delivery": str(delivery.id),
+            "X-Sandboxd-Attempt": str(delivery.attempts + 1),
+        }
+        if self._config.secret is not None:
+            headers[SIGNATURE_HEADER] = signature(self._config.secret, delivery.body)
+        try:
+            async with self._session.post(delivery.url, data=delivery.body, headers=headers,
+                                          allow_redirects=False) as response:
+                return classify_status(response.status, response.headers.get("Retry-After"))
+        except aiohttp.ClientConnectorError as e:
+            if isinstance(e.os_error, AddressRefused):
+                return Outcome(Verdict.GIVE_UP, f"refused: {e.os_error}")
+            return Outcome(Verdict.RETRY, f"cannot connect: {e.os_error}")
+        except TimeoutError:
+            return Outcome(Verdict.RETRY, f"no response within {self._config.timeout_s:g} s")
+        except aiohttp.InvalidURL as e:
+            return Outcome(Verdict.GIVE_UP, f"invalid URL: {e}")
+        except (aiohttp.ClientError, OSError) as e:
+            return Outcome(Verdict.RETRY, f"request failed: {type(e).__name__}: {e}")
+
+
+Spawn = Callable[[Coroutine[Any, Any, None], str], None]
+
+
+class Backlog:
+    """The deliveries held in memory — queued, in flight or waiting for a retry — at most
+    `limit`. Beyond it, new ones wait in the store only, and are loaded from there, oldest
+    first, once the backlog has drained to half."""
+
+    def __init__(self, store: DeliveryStore, limit: int, spawn: Spawn,
+                 on_change: Callable[[], None]):
+        """`spawn` runs a refill in the background; `on_change` hears of every release."""
+        self.queue: asyncio.Queue[Delivery] = asyncio.Queue()  # ready for an attempt
+        self._store = store
+        self._limit = limit
+        self._spawn = spawn
+        self._on_change = on_change
+        self._held: dict[int, Delivery] = {}
+        # Deliveries were left in the store only: load them when there is room.
+        self._overflow = False
+        self._refilling = False
+        # Ids released while a refill reads the store: its snapshot may still list them.
+        self._released_during_refill: set[int] = set()
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    @property
+    def busy(self) -> bool:
+        """Something is held, or waits in the store to be loaded."""
+        return bool(self._held or self._overflow or self._refilling)
+
+    def offer(self, delivery: Delivery) -> None:
+        """A new delivery, already in the store: held, unless older ones wait there."""
+        if self._overflow or not self._admit(delivery):
+            self._overflow = True
+            self._maybe_refill()
+
+    def hold(self, delivery: Delivery) -> None:
+        """Keep `delivery` (its new attempt count) while it waits for its retry."""
+        self._held[delivery.id] = delivery
+
+    def release(self, delivery: Delivery) -> None:
+        """`delivery` is finished, or left to the store (shutdown)."""
+        self._held.pop(delivery.id, None)
+        if self._refilling:
+            self._released_during_refill.add(delivery.id)
+        self._maybe_refill()
+        self._on_change()
+
+    async def load(self) -> None:
+        """Load what the store holds now (on start); its errors are the caller's."""
+        self._overflow = self._refilling = True
+        await self._refill()
+
+    def _admit(self, delivery: Delivery) -> bool:
+        if delivery.id in self._held:
+            return True
+        if len(self._held) >= self._limit:
+            return False
+        self._held[delivery.id] = delivery
+        self.queue.put_nowait(delivery)
+        return True
+
+    def _maybe_refill(self) -> None:
+        if (self._overflow and not self._refilling and not self.closed
+                and len(self._held) <= self._limit // 2):
+            self._refilling = True
+            self._spawn(self._refill(), "webhook-refill")
+
+    async def _refill(self) -> None:
+        try:
+            while self._overflow and not self.closed:
+                self._overflow = False  # set again by whatever is left behind meanwhile
+                self._released_during_refill.clear()
+                pending = await self._store.pending_deliveries()
+                released = self._released_during_refill
+                for delivery in pending:
+                    if delivery.id not in released and not self._admit(delivery):
+                        self._overflow = True
+                        return  # full: the next release comes back here
+        except Exception:
+            self._overflow = True
+            log.exception("webhooks: cannot read pending deliveries from the store")
+            raise
+        finally:
+            self._refilling = False
+            self._released_during_refill = set()
+            self._on_change()
+
+
+class Dispatcher:
+    """Delivers callbacks (implements `callbacks.CallbackNotifier`): records each in the
+    store, holds at most `backlog` in memory (`Backlog`), runs at most `concurrency`
+    attempts at once through its `CallbackClient`, and schedules the retries. Stop the
+    service before the dispatcher: a job finishing while the service drains still has
+    its callback recorded.
     """
 
     def __init__(self, config: WebhookConfig, store: DeliveryStore, *,
-                 observer: Observer | None = None, getaddrinfo: GetAddrInfo | None = None,
+                 observer: Observer | None = None, client: CallbackClient | None = None,
                  rng: random.Random | None = None):
-        """`getaddrinfo` replaces the event loop's (tests); `rng` draws the jitter."""
+        """`client` makes the attempts (default: a `CallbackClient` of `config`); `rng`
+        draws the jitter."""
         self._config = config
         self._store = store
         self._observer = observer or Observer()
-        self._getaddrinfo = getaddrinfo
+        self._client = client or CallbackClient(config)
         self._rng = rng or random.Random()
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
-        self._session: aiohttp.ClientSession | None = None
-        self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._backlog = Backlog(store, config.backlog, self._spawn, self._check_idle)
         self._slots = asyncio.Semaphore(config.concurrency)
-        self._held: dict[int, Delivery] = {}  # queued, in flight or waiting to retry
         self._retry_timers: dict[int, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # recording new ones, attempts, refills
         self._recording = 0  # new deliveries being written to the store
         self._pump_task: asyncio.Task[None] | None = None
-        # Deliveries were left in the store only (the backlog was full): load them later.
-        self._overflow = False
-        self._refilling = False
-        # Ids finished while a refill reads the store: its snapshot may still list them.
-        self._finished_during_refill: set[int] = set()
         self._stopping = False
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def held(self) -> int:
+        """Deliveries in memory: queued, in flight or waiting for a retry."""
+        return len(self._backlog)
+
+    @property
+    def retries_waiting(self) -> int:
+        return len(self._retry_timers)
 
     # -- the CallbackNotifier side --------------------------------------------------
 
@@ -409,11 +560,7 @@ class Dispatcher:
     async def _record_new(self, job_id: str, url: str, body: bytes) -> None:
         try:
             delivery_id = await self._store.add_delivery(job_id, url, body)
-            delivery = Delivery(delivery_id, job_id, url, body, attempts=0)
-            if self._overflow or not self._admit(delivery):
-                # Older deliveries wait in the store: they go first, loaded by a refill.
-                self._overflow = True
-                self._maybe_refill()
+            self._backlog.offer(Delivery(delivery_id, job_id, url, body, attempts=0))
         except Exception:
             log.exception("webhook for job %s not recorded: the store failed", job_id)
         finally:
@@ -424,24 +571,15 @@ class Dispatcher:
 
     async def start(self) -> None:
         """Open the HTTP client and resume the deliveries the store holds."""
-        connector = aiohttp.TCPConnector(
-            resolver=CheckingResolver(self._config.allowed, self._getaddrinfo),
-            use_dns_cache=False, limit=self._config.concurrency, family=socket.AF_UNSPEC)
-        # No cookie jar: one receiver's cookies must never reach another. trust_env off:
-        # an environment proxy would resolve (and reach) what we refused.
-        self._session = aiohttp.ClientSession(
-            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
-            auto_decompress=False, timeout=self._timeout)
+        await self._client.open()
         self._pump_task = asyncio.create_task(self._pump(), name="webhook-pump")
-        self._overflow = True
-        self._refilling = True
         self._idle.clear()
-        await self._refill()  # a store that cannot be read is the caller's start-up error
+        await self._backlog.load()  # a store that cannot be read: the caller's start-up error
 
     async def stop(self, deadline_s: float) -> None:
         """Let attempts in flight finish for up to `deadline_s`, then cut them short.
         Everything not finished stays pending in the store for the next start."""
-        self._stopping = True
+        self._stopping = self._backlog.closed = True
         if self._pump_task is not None:
             self._pump_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -457,66 +595,18 @@ class Dispatcher:
                 log.warning("webhooks: %d attempt(s) cut short by the shutdown deadline; "
                             "they are made again after the next start", len(late))
                 await asyncio.gather(*late, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._client.close()
 
     async def wait_idle(self) -> None:
         """Until nothing is left to deliver (everything delivered or given up on)."""
         await self._idle.wait()
 
-    # -- the backlog ----------------------------------------------------------------
-
-    def _admit(self, delivery: Delivery) -> bool:
-        """Hold `delivery` and queue it, unless the backlog is full."""
-        if delivery.id in self._held:
-            return True
-        if len(self._held) >= self._config.backlog:
-            return False
-        self._held[delivery.id] = delivery
-        self._idle.clear()
-        self._queue.put_nowait(delivery)
-        return True
-
-    def _release(self, delivery: Delivery) -> None:
-        self._held.pop(delivery.id, None)
-        if self._refilling:
-            self._finished_during_refill.add(delivery.id)
-        self._maybe_refill()
-        self._check_idle()
-
-    def _maybe_refill(self) -> None:
-        if (self._overflow and not self._refilling and not self._stopping
-                and len(self._held) <= self._config.backlog // 2):
-            self._refilling = True
-            self._spawn(self._refill(), "webhook-refill")
-
-    async def _refill(self) -> None:
-        """Load what waits in the store (oldest first) into the free backlog."""
-        try:
-            while self._overflow and not self._stopping:
-                self._overflow = False  # set again by whatever is left behind meanwhile
-                self._finished_during_refill.clear()
-                pending = await self._store.pending_deliveries()
-                finished = self._finished_during_refill
-                for delivery in pending:
-                    if delivery.id not in finished and not self._admit(delivery):
-                        self._overflow = True
-                        return  # full: the next release comes back here
-        except Exception:
-            self._overflow = True
-            log.exception("webhooks: cannot read pending deliveries from the store")
-            raise
-        finally:
-            self._refilling = False
-            self._finished_during_refill = set()
-            self._check_idle()
-
     def _check_idle(self) -> None:
-        if not (self._held or self._overflow or self._refilling or self._recording):
+        if not (self._backlog.busy or self._recording):
             self._idle.set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self._idle.clear()
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
 
@@ -533,15 +623,15 @@ class Dispatcher:
         while True:
             await self._slots.acquire()
             try:
-                delivery = await self._queue.get()
+                delivery = await self._backlog.queue.get()
             except BaseException:
                 self._slots.release()
                 raise
-            self._spawn(self._deliver(delivery), name="webhook-attempt")
+            self._spawn(self._deliver(delivery), "webhook-attempt")
 
     async def _deliver(self, delivery: Delivery) -> None:
         try:
-            outcome = await self.attempt(delivery)
+            outcome = await self._client.post(delivery)
         except Exception as e:  # a bug here must not strand the delivery
             log.exception("webhook delivery %d: attempt failed", delivery.id)
             outcome = Outcome(Verdict.RETRY, f"internal error: {e!r}")
@@ -575,50 +665,15 @@ class Dispatcher:
             log.warning("webhook for job %s to %s failed: %s", delivery.job_id, delivery.url,
                         error)
         if final or self._stopping:
-            self._release(delivery)
+            self._backlog.release(delivery)
             return
         delay = retry_delay(attempts, self._config, outcome.retry_after_s, self._rng)
         again = dataclasses.replace(delivery, attempts=attempts)
-        self._held[delivery.id] = again
+        self._backlog.hold(again)
         self._retry_timers[delivery.id] = asyncio.get_running_loop().call_later(
             delay, self._retry, again)
 
     def _retry(self, delivery: Delivery) -> None:
         self._retry_timers.pop(delivery.id, None)
         if not self._stopping:
-            self._queue.put_nowait(delivery)
-
-    async def attempt(self, delivery: Delivery) -> Outcome:
-        """One POST of `delivery` (never raises for anything the network or the receiver
-        does)."""
-        problem = validate_callback_url(delivery.url, self._config)
-        if problem is not None:  # the allow-list may have changed since it was accepted
-            return Outcome(Verdict.GIVE_UP, f"refused: {problem}")
-        # The connector resolves a name through CheckingResolver but takes an address
-        # literal as it is: that needs no other check, because validate_callback_url let
-        # it through only if that exact address (and port) is listed, which is also what
-        # permits a non-public address.
-        assert self._session is not None, "start() first"
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-            "X-Sandboxd-Submission": delivery.job_id,
-            "X-Sandboxd-Delivery": str(delivery.id),
-            "X-Sandboxd-Attempt": str(delivery.attempts + 1),
-        }
-        if self._config.secret is not None:
-            headers[SIGNATURE_HEADER] = signature(self._config.secret, delivery.body)
-        try:
-            async with self._session.post(delivery.url, data=delivery.body, headers=headers,
-                                          allow_redirects=False) as response:
-                return classify_status(response.status, response.headers.get("Retry-After"))
-        except aiohttp.ClientConnectorError as e:
-            if isinstance(e.os_error, AddressRefused):
-                return Outcome(Verdict.GIVE_UP, f"refused: {e.os_error}")
-            return Outcome(Verdict.RETRY, f"cannot connect: {e.os_error}")
-        except TimeoutError:
-            return Outcome(Verdict.RETRY, f"no response within {self._config.timeout_s:g} s")
-        except aiohttp.InvalidURL as e:
-            return Outcome(Verdict.GIVE_UP, f"invalid URL: {e}")
-        except (aiohttp.ClientError, OSError) as e:
-            return Outcome(Verdict.RETRY, f"request failed: {type(e).__name__}: {e}")
+            self._backlog.queue.put_nowait(delivery)

@@ -22,7 +22,13 @@ from sandboxd import __version__
 from sandboxd.config import WebhookConfig, load
 from sandboxd.model import Result, Status
 from sandboxd.observer import Observer
-from sandboxd.webhooks import Dispatcher, MemoryDeliveryStore, signature, validate_callback_url
+from sandboxd.webhooks import (
+    CallbackClient,
+    Dispatcher,
+    MemoryDeliveryStore,
+    signature,
+    validate_callback_url,
+)
 from tests.e2e.conftest import free_port
 
 RESULT = Result(status=Status.WRONG_ANSWER, stdout="41\n", exit_code=0, time_ms=3,
@@ -275,8 +281,9 @@ async def test_a_name_resolving_to_a_private_address_is_refused(receiver: Receiv
         import socket
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.7", port))]
 
-    store = await deliver(config("hooks.example.com", "127.0.0.1"),
-                          f"http://hooks.example.com:{receiver.port}/hook", getaddrinfo=rebound)
+    cfg = config("hooks.example.com", "127.0.0.1")
+    store = await deliver(cfg, f"http://hooks.example.com:{receiver.port}/hook",
+                          client=CallbackClient(cfg, getaddrinfo=rebound))
     assert receiver.requests == []
     record = store.record(1)
     assert record is not None and record.delivered is False

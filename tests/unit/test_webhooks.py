@@ -29,6 +29,7 @@ from sandboxd.model import Result, Status
 from sandboxd.observer import Observer
 from sandboxd.webhooks import (
     AddressRefused,
+    CallbackClient,
     CheckingResolver,
     Dispatcher,
     MemoryDeliveryStore,
@@ -405,22 +406,30 @@ async def test_memory_store_keeps_pending_until_finished() -> None:
 # -- the dispatcher, attempts scripted ---------------------------------------------------
 
 
-class ScriptedDispatcher(Dispatcher):
+class ScriptedClient(CallbackClient):
     """Attempts answered from a script instead of the network; each attempt waits until
     the test lets it go when `gate` is given."""
 
-    def __init__(self, config, store, script, gate: asyncio.Event | None = None, **kw):
-        super().__init__(config, store, **kw)
+    def __init__(self, config: WebhookConfig, script, gate: asyncio.Event | None = None):
+        super().__init__(config)
         self.script = script
         self.gate = gate
+        self.dispatcher: Dispatcher | None = None
         self.attempted: list[tuple[int, int]] = []  # (delivery id, attempt number)
         self.in_flight = 0
         self.max_in_flight = 0
         self.max_held = 0
 
-    async def attempt(self, delivery: Delivery) -> Outcome:
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def post(self, delivery: Delivery) -> Outcome:
         self.attempted.append((delivery.id, delivery.attempts + 1))
-        self.max_held = max(self.max_held, len(self._held))
+        assert self.dispatcher is not None
+        self.max_held = max(self.max_held, self.dispatcher.held)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -430,6 +439,14 @@ class ScriptedDispatcher(Dispatcher):
             return self.script(delivery)
         finally:
             self.in_flight -= 1
+
+
+def scripted(config: WebhookConfig, store, script, gate: asyncio.Event | None = None,
+             **kw) -> tuple[Dispatcher, ScriptedClient]:
+    client = ScriptedClient(config, script, gate)
+    dispatcher = Dispatcher(config, store, client=client, **kw)
+    client.dispatcher = dispatcher
+    return dispatcher, client
 
 
 class Recorder(Observer):
@@ -450,13 +467,13 @@ async def idle(dispatcher: Dispatcher) -> None:
 
 async def test_retries_until_max_attempts_then_gives_up() -> None:
     store, observer = MemoryDeliveryStore(), Recorder()
-    d = ScriptedDispatcher(hooks("h.example", max_attempts=3, **FAST), store,
+    d, c = scripted(hooks("h.example", max_attempts=3, **FAST), store,
                            lambda _: Outcome(Verdict.RETRY, "HTTP 502"), observer=observer)
     await d.start()
     d.notify("job-1", "http://h.example/", RESULT)
     await idle(d)
     await d.stop(1)
-    assert d.attempted == [(1, 1), (1, 2), (1, 3)]
+    assert c.attempted == [(1, 1), (1, 2), (1, 3)]
     assert observer.events == [(False, False), (False, False), (False, True)]
     record = store.record(1)
     assert record is not None
@@ -467,13 +484,13 @@ async def test_retries_until_max_attempts_then_gives_up() -> None:
 
 async def test_a_final_failure_is_not_retried() -> None:
     store, observer = MemoryDeliveryStore(), Recorder()
-    d = ScriptedDispatcher(hooks("h.example", **FAST), store,
+    d, c = scripted(hooks("h.example", **FAST), store,
                            lambda _: Outcome(Verdict.GIVE_UP, "HTTP 404"), observer=observer)
     await d.start()
     d.notify("job-1", "http://h.example/", RESULT)
     await idle(d)
     await d.stop(1)
-    assert d.attempted == [(1, 1)] and observer.events == [(False, True)]
+    assert c.attempted == [(1, 1)] and observer.events == [(False, True)]
     record = store.record(1)
     assert record is not None and (record.delivered, record.error) == (False, "HTTP 404")
 
@@ -481,7 +498,7 @@ async def test_a_final_failure_is_not_retried() -> None:
 async def test_backlog_bounds_memory_and_the_store_holds_the_rest() -> None:
     store = MemoryDeliveryStore()
     gate = asyncio.Event()
-    d = ScriptedDispatcher(hooks("h.example", backlog=3, concurrency=2, **FAST), store,
+    d, c = scripted(hooks("h.example", backlog=3, concurrency=2, **FAST), store,
                            lambda _: Outcome(Verdict.DELIVERED), gate=gate)
     await d.start()
     for i in range(20):
@@ -489,12 +506,12 @@ async def test_backlog_bounds_memory_and_the_store_holds_the_rest() -> None:
     for _ in range(50):  # let every notification reach the store
         await asyncio.sleep(0)
     assert len(await store.pending_deliveries()) == 20
-    assert len(d._held) == 3  # the rest waits in the store only
+    assert d.held == 3  # the rest waits in the store only
     gate.set()
     await idle(d)
     await d.stop(1)
-    assert sorted(i for i, _ in d.attempted) == list(range(1, 21))  # each exactly once
-    assert d.max_held <= 3 and d.max_in_flight <= 2
+    assert sorted(i for i, _ in c.attempted) == list(range(1, 21))  # each exactly once
+    assert c.max_held <= 3 and c.max_in_flight <= 2
     assert all(r.delivered for r in store.records()) and len(store.records()) == 20
 
 
@@ -505,27 +522,27 @@ async def test_start_resumes_what_the_store_holds() -> None:
     second = await store.add_delivery("job-2", "http://h.example/", b"{}")
     done = await store.add_delivery("job-3", "http://h.example/", b"{}")
     await store.finish_delivery(done, delivered=True, attempts=1, error=None)
-    d = ScriptedDispatcher(hooks("h.example", **FAST), store,
+    d, c = scripted(hooks("h.example", **FAST), store,
                            lambda _: Outcome(Verdict.DELIVERED))
     await d.start()
     await idle(d)
     await d.stop(1)
-    assert d.attempted == [(first, 3), (second, 1)]  # oldest first, counts carried on
+    assert c.attempted == [(first, 3), (second, 1)]  # oldest first, counts carried on
     assert await store.pending_deliveries() == []
 
 
 async def test_stop_leaves_unfinished_deliveries_pending() -> None:
     store = MemoryDeliveryStore()
     gate = asyncio.Event()  # never set: attempts hang until the deadline cuts them
-    d = ScriptedDispatcher(hooks("h.example", concurrency=1, **FAST), store,
+    d, c = scripted(hooks("h.example", concurrency=1, **FAST), store,
                            lambda _: Outcome(Verdict.DELIVERED), gate=gate)
     await d.start()
     d.notify("job-1", "http://h.example/", RESULT)
     d.notify("job-2", "http://h.example/", RESULT)
-    while not d.attempted:
+    while not c.attempted:
         await asyncio.sleep(0)
     await d.stop(0.05)
-    assert d.attempted == [(1, 1)]  # the second was never started
+    assert c.attempted == [(1, 1)]  # the second was never started
     assert [p.id for p in await store.pending_deliveries()] == [1, 2]
     d.notify("job-3", "http://h.example/", RESULT)  # after stop: refused, never raises
     assert len(await store.pending_deliveries()) == 2
@@ -533,11 +550,11 @@ async def test_stop_leaves_unfinished_deliveries_pending() -> None:
 
 async def test_a_retry_waiting_at_stop_stays_pending_with_its_attempts() -> None:
     store = MemoryDeliveryStore()
-    d = ScriptedDispatcher(hooks("h.example", backoff_s=3600, max_backoff_s=3600), store,
+    d, c = scripted(hooks("h.example", backoff_s=3600, max_backoff_s=3600), store,
                            lambda _: Outcome(Verdict.RETRY, "HTTP 503"))
     await d.start()
     d.notify("job-1", "http://h.example/", RESULT)
-    while not d._retry_timers:
+    while not d.retries_waiting:
         await asyncio.sleep(0)
     await d.stop(1)
     assert await store.pending_deliveries() == [
@@ -550,13 +567,13 @@ class FailingStore(MemoryDeliveryStore):
 
 
 async def test_a_store_failure_is_logged_never_raised(caplog) -> None:
-    d = ScriptedDispatcher(hooks("h.example", **FAST), FailingStore(),
+    d, c = scripted(hooks("h.example", **FAST), FailingStore(),
                            lambda _: Outcome(Verdict.DELIVERED))
     await d.start()
     d.notify("job-1", "http://h.example/", RESULT)
     await idle(d)
     await d.stop(1)
-    assert d.attempted == []
+    assert c.attempted == []
     assert "webhook for job job-1 not recorded: the store failed" in caplog.text
 
 
@@ -584,23 +601,23 @@ class SnapshotThenYieldStore(MemoryDeliveryStore):
 
 async def test_a_delivery_finished_while_a_refill_reads_is_not_sent_again() -> None:
     store = SnapshotThenYieldStore()
-    d = ScriptedDispatcher(hooks("h.example", backlog=2, concurrency=2, **FAST), store,
+    d, c = scripted(hooks("h.example", backlog=2, concurrency=2, **FAST), store,
                            lambda _: Outcome(Verdict.DELIVERED))
     await d.start()
     store.snapshot_taken.clear()  # start() read the store once already
-    plain_attempt = d.attempt
+    plain_post = c.post
 
-    async def attempt(delivery: Delivery) -> Outcome:
+    async def post(delivery: Delivery) -> Outcome:
         if delivery.id == 2:  # still in flight when the refill takes its snapshot
             await store.snapshot_taken.wait()
-        return await plain_attempt(delivery)
+        return await plain_post(delivery)
 
-    d.attempt = attempt  # type: ignore[method-assign]
+    c.post = post  # type: ignore[method-assign]
     for i in range(6):
         d.notify(f"job-{i}", "http://h.example/", RESULT)
     await idle(d)
     await d.stop(1)
-    attempted = [i for i, _ in d.attempted]
+    attempted = [i for i, _ in c.attempted]
     assert sorted(attempted) == list(range(1, 7)), attempted
 
 
