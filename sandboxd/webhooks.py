@@ -15,7 +15,8 @@ backoff and jitter on connection errors, timeouts, 5xx and 429 (honouring Retry-
 up to `max_backoff_s`), up to `max_attempts`; a 2xx is delivered, another status a
 final failure. After a restart `Dispatcher.start()` resumes what the store still holds.
 Delivery is at least once: an attempt cut short by a crash is made again, so receivers
-deduplicate on `X-Sandboxd-Delivery` (or the submission id).
+deduplicate on the submission id (`X-Sandboxd-Submission`). docs/WEBHOOKS.md is the
+user's side of all this.
 """
 
 from __future__ import annotations
