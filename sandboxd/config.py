@@ -8,7 +8,10 @@ overrides what it names; an unknown key or a value of the wrong type is a
 from __future__ import annotations
 
 import dataclasses
+import functools
+import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +107,90 @@ class ServerConfig:
         return self.workers or os.cpu_count() or 1
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# One DNS label; the last label of a name must not be all digits ("127.1" is an address
+# in inet_aton's eyes, not a name).
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
+
+
+@dataclass(frozen=True)
+class AllowedHost:
+    """One `webhooks.allowed_hosts` entry: a host name (lower case, no trailing dot) or
+    an IP address, and the one port it allows (None: every port)."""
+
+    name: str | None
+    address: IPAddress | None
+    port: int | None
+
+
+def host_name_problem(name: str) -> str | None:
+    """Why `name` (lower case, IDNA-encoded, no trailing dot) is not a DNS host name."""
+    labels = name.split(".")
+    if len(name) > 253 or not all(_LABEL.match(label) for label in labels):
+        return "is not a valid host name"
+    if labels[-1].isdigit():
+        return "is neither a canonical IP address nor a host name"
+    return None
+
+
+def parse_allowed_host(entry: str) -> AllowedHost:
+    """`name`, `name:port`, `1.2.3.4`, `1.2.3.4:port`, `::1`, `[::1]` or `[::1]:port`;
+    a ValueError saying which rule `entry` breaks."""
+    text = entry.lower()
+    port: str | None = None
+    if text.startswith("["):
+        host, closed, rest = text[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            raise ValueError("expected [IPv6] or [IPv6]:port")
+        port = rest[1:] if rest else None
+    elif text.count(":") > 1:
+        host = text  # a bare IPv6 address: no port (write [address]:port for one)
+    else:
+        host, colon, port_text = text.partition(":")
+        port = port_text if colon else None
+    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError("the port must be a number from 1 to 65535")
+    number = int(port) if port is not None else None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if (text.startswith("[") or ":" in host) and not isinstance(address, ipaddress.IPv6Address):
+        raise ValueError(f"{host!r} is not an IPv6 address")
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        raise ValueError("an address with a zone (%...) is not supported")
+    if address is not None:
+        return AllowedHost(None, address, number)
+    if "*" in host:
+        raise ValueError("wildcards are not supported: list every host")
+    if not host.isascii():
+        raise ValueError("write an international name in its IDNA (xn--) form")
+    problem = host_name_problem(host.rstrip("."))
+    if problem:
+        raise ValueError(f"{host!r} {problem}")
+    return AllowedHost(host.rstrip("."), None, number)
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """Callbacks (webhooks.py): where results may be POSTed, and how hard to try."""
+
+    # Empty: webhooks are off, and a callback_url is refused.
+    allowed_hosts: tuple[str, ...] = ()
+    timeout_s: float = 10.0  # per attempt: connect, send, response headers
+    max_attempts: int = 5
+    backoff_s: float = 1.0  # before the 2nd attempt; doubled each time, with jitter
+    max_backoff_s: float = 300.0  # the longest wait between attempts (also caps Retry-After)
+    concurrency: int = 8  # attempts in flight at once
+    backlog: int = 1000  # deliveries held in memory; more wait in the store
+    secret: str | None = None  # set: every POST carries an HMAC-SHA256 signature
+
+    @functools.cached_property
+    def allowed(self) -> tuple[AllowedHost, ...]:
+        return tuple(parse_allowed_host(entry) for entry in self.allowed_hosts)
+
+
 @dataclass(frozen=True)
 class CacheConfig:
     """The result cache (cache.py): memory only, bounded, with a TTL."""
@@ -127,6 +214,7 @@ class Config:
     limits: RunLimits = field(default_factory=RunLimits)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    webhooks: WebhookConfig = field(default_factory=WebhookConfig)
 
 
 def _build(defaults: Any, data: Any, where: str) -> Any:
@@ -212,6 +300,29 @@ def validate(config: Config) -> None:
             f"server.queue_budget_bytes: must be at least {largest} (max_source_bytes + "
             "max_stdin_bytes + sandbox.output_limit_bytes, the largest job), not "
             f"{server.queue_budget_bytes}")
+    validate_webhooks(config.webhooks)
+
+
+def validate_webhooks(hooks: WebhookConfig) -> None:
+    for i, entry in enumerate(hooks.allowed_hosts):
+        try:
+            parse_allowed_host(entry)
+        except ValueError as e:
+            raise ConfigError(f"webhooks.allowed_hosts[{i}]: {entry!r}: {e}") from None
+    if not 0 < hooks.timeout_s <= 300:
+        raise ConfigError("webhooks.timeout_s: must be more than 0 and at most 300")
+    if not 1 <= hooks.max_attempts <= 100:
+        raise ConfigError("webhooks.max_attempts: must be from 1 to 100")
+    if not 0 <= hooks.backoff_s <= hooks.max_backoff_s:
+        raise ConfigError("webhooks.backoff_s: must be from 0 to webhooks.max_backoff_s")
+    if hooks.max_backoff_s > 86_400:
+        raise ConfigError("webhooks.max_backoff_s: must be at most 86400 (a day)")
+    if not 1 <= hooks.concurrency <= 1024:
+        raise ConfigError("webhooks.concurrency: must be from 1 to 1024")
+    if hooks.backlog < 1:
+        raise ConfigError("webhooks.backlog: must be at least 1")
+    if hooks.secret is not None and not hooks.secret:
+        raise ConfigError("webhooks.secret: must not be empty (leave it out to sign nothing)")
 
 
 def _validate_durability(config: Config) -> None:

@@ -78,3 +78,15 @@ def test_service_helpers_import_only_data_modules(name):
     mods = {m.rsplit(".", 1)[0] if m.rsplit(".", 1)[0] in allowed else m
             for m in imported_modules(PACKAGE / name)}
     assert mods <= allowed, mods
+
+
+@pytest.mark.parametrize(("name", "allowed"), [
+    ("webhooks.py", {"sandboxd", "sandboxd.__version__", "sandboxd.callbacks", "sandboxd.config",
+                     "sandboxd.model", "sandboxd.observer"}),
+    ("callbacks.py", {"sandboxd.model"}),
+])
+def test_webhooks_know_only_the_contract_and_pure_data(name, allowed):
+    """The dispatcher is wired in by server.py and called through callbacks.py: it knows
+    nothing of HTTP routes, the service, the runner or the kernel."""
+    mods = imported_modules(PACKAGE / name)
+    assert {".".join(m.split(".")[:2]) for m in mods} <= allowed, mods
