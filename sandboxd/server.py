@@ -17,7 +17,7 @@ import signal
 
 from aiohttp import web
 
-from sandboxd import api
+from sandboxd import api, webhooks
 from sandboxd import languages as languages_mod
 from sandboxd.config import Config, journal_path
 from sandboxd.jail import seccomp
@@ -164,10 +164,16 @@ async def _serve(config: Config, host: str, port: int, registry: languages_mod.R
         metrics = Metrics()
         runner = Runner(sandbox, registry, config, observer=metrics)
         await probe_versions(runner, registry)
-        service = Service.from_config(runner, config, journal=journal, observer=metrics)
+        store = journal if journal is not None else webhooks.MemoryDeliveryStore()
+        dispatcher = webhooks.Dispatcher(config.webhooks, store, observer=metrics)
+        await dispatcher.start()
+        service = Service.from_config(runner, config, journal=journal, observer=metrics,
+                                      notifier=dispatcher)
         # Recovers the journaled jobs: they start running before the port opens.
         await service.start()
-        app = api.create_app(service, registry, config, metrics=metrics)
+        app = api.create_app(
+            service, registry, config, metrics=metrics,
+            callback_check=lambda url: webhooks.validate_callback_url(url, config.webhooks))
         app_runner = web.AppRunner(app, access_log=None)
         await app_runner.setup()
         site = web.TCPSite(app_runner, host, port)
@@ -188,6 +194,7 @@ async def _serve(config: Config, host: str, port: int, registry: languages_mod.R
         log.info("sandboxd: draining (running jobs get up to %g s; new ones get 503)", deadline)
         # The port stays open meanwhile: POST answers 503, results can still be read.
         await service.stop(deadline)
+        await dispatcher.stop(deadline)
         await site.stop()
         await app_runner.cleanup()
     finally:

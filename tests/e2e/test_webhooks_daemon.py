@@ -16,13 +16,6 @@ import pytest
 from tests.conftest import require_kernel
 from tests.e2e.conftest import STATE_DIR, Daemon, start_daemon, stop_daemon
 
-# Delivery needs the dispatcher wired into the daemon (server.py builds a
-# webhooks.Dispatcher over the journal, hands it to the service as its notifier and
-# `webhooks.validate_callback_url` to the API as its callback check). Remove this
-# marker with that wiring: strict, so the suite says so once these pass.
-pytestmark = pytest.mark.xfail(
-    strict=True, reason="needs webhooks.Dispatcher wired into server.py (coordinator)")
-
 
 class Receiver:
     """An HTTP server on 127.0.0.1 in a thread; answers POSTs from `statuses` in turn

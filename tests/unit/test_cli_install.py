@@ -23,7 +23,7 @@ EXAMPLE = PROJECT_DIR / "systemd" / "sandboxd.toml"
 UNIT = PROJECT_DIR / "systemd" / "sandboxd.service"
 DEFAULT_LINE = re.compile(r"^# ([a-z_]+ = .*)$")
 # Keys whose default cannot be written in TOML (None): explained in prose instead.
-UNSET_BY_DEFAULT = {"sandbox.cgroup_root"}
+UNSET_BY_DEFAULT = {"sandbox.cgroup_root", "webhooks.secret"}
 
 
 def uncommented(text: str) -> str:
