@@ -37,6 +37,7 @@ STATIC_FILES = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/console/console.js": ("console.js", "text/javascript; charset=utf-8"),
     "/console/console.css": ("console.css", "text/css; charset=utf-8"),
+    "/console/favicon.svg": ("favicon.svg", "image/svg+xml"),
 }
 STATUS_PATH = "/console/status"
 

@@ -13,7 +13,7 @@ import pytest
 from tests.e2e.conftest import start_daemon, stop_daemon
 
 TOKEN = "console-test-token-0123456789"
-ASSETS = ("/", "/console/console.js", "/console/console.css")
+ASSETS = ("/", "/console/console.js", "/console/console.css", "/console/favicon.svg")
 
 
 def fetch(url: str, headers: dict[str, str] | None = None,
@@ -40,7 +40,7 @@ def token_daemon(tmp_path_factory):
 
 def test_page_and_files_are_served_with_a_strict_policy(daemon):
     types = {"/": "text/html", "/console/console.js": "text/javascript",
-             "/console/console.css": "text/css"}
+             "/console/console.css": "text/css", "/console/favicon.svg": "image/svg+xml"}
     for path in ASSETS:
         status, body, headers = fetch(daemon.url + path)
         assert status == 200, (path, body[:200])
@@ -64,7 +64,8 @@ def test_page_needs_nothing_from_another_host(daemon):
         assert fetch(daemon.url + ref.decode())[0] == 200, ref
     # The script talks to this origin only (fetch of paths); the SVG namespace is a
     # name, never fetched.
-    urls = set(re.findall(rb"https?://[^\s\"')]+", html + css + js))
+    _, icon, _ = fetch(daemon.url + "/console/favicon.svg")
+    urls = set(re.findall(rb"https?://[^\s\"')]+", html + css + js + icon))
     assert urls <= {b"http://www.w3.org/2000/svg"}, urls
     assert b"@import" not in css
 
