@@ -155,8 +155,8 @@ class StatusHistory:
         first = samples[0]
         window_verdicts = {k: int(now.finished.get(k, 0.0) - first.finished.get(k, 0.0))
                            for k in now.finished}
-        before = dict(first.latency_buckets)
-        window_buckets = [(le, c - before.get(le, 0.0)) for le, c in now.latency_buckets]
+        at_start = dict(first.latency_buckets)
+        window_buckets = [(le, c - at_start.get(le, 0.0)) for le, c in now.latency_buckets]
         return {
             "window_s": round(now.t - first.t, 3),
             "series": series,
