@@ -5,11 +5,16 @@ and the off switch."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_kernel
 from tests.e2e.conftest import start_daemon, stop_daemon
 
 TOKEN = "console-test-token-0123456789"
@@ -127,3 +132,42 @@ def test_console_can_be_switched_off(tmp_path):
         assert d.request("GET", "/languages")[0] == 200
     finally:
         stop_daemon(d)
+
+
+OFFLINE_CHECK = """
+import json, sys, urllib.request
+from pathlib import Path
+from tests.e2e.conftest import start_daemon, stop_daemon
+
+tmp = Path(sys.argv[1])
+d = start_daemon(tmp, languages=["python3"])
+try:
+    sizes = {}
+    for path in ("/", "/console/console.js", "/console/console.css", "/console/favicon.svg"):
+        with urllib.request.urlopen(d.url + path, timeout=30) as resp:
+            sizes[path] = [resp.status, len(resp.read())]
+    result = d.execute(language="python3", source="print('offline')")
+finally:
+    stop_daemon(d)
+print(json.dumps({"sizes": sizes, "stdout": result["stdout"]}))
+"""
+
+
+def test_console_works_on_a_host_without_a_network(tmp_path):
+    """A daemon in a network namespace of its own with nothing but loopback: the page,
+    its files and a run through the API all work."""
+    require_kernel()
+    interfaces = subprocess.run(
+        ["unshare", "--net", "--", "sh", "-c", "ip -o link show"], capture_output=True,
+        text=True, check=True).stdout
+    assert [line.split(":")[1].strip() for line in interfaces.splitlines()] == ["lo"]
+    done = subprocess.run(
+        ["unshare", "--net", "--", "sh", "-c",
+         'ip link set lo up && exec "$0" -c "$1" "$2"', sys.executable, OFFLINE_CHECK,
+         str(tmp_path)],
+        capture_output=True, text=True, timeout=240, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["stdout"] == "offline\n"
+    for path, (status, size) in report["sizes"].items():
+        assert status == 200 and size > 0, path
