@@ -9,8 +9,8 @@ PY := $(VENV)/bin/python
 LISTEN ?= 127.0.0.1:8080
 # The job journal of `make run`: in the checkout's git-ignored state/ (created if missing).
 JOURNAL ?= state/sandboxd.db
-# Build deps (libcap-dev for python-prctl), the seccomp runtime, and what the cgroup v2
-# VM lane boots with; then the toolchains, from the `packages` of languages.toml:
+# Build deps (libcap-dev for python-prctl), the seccomp runtime, what the cgroup v2
+# VM lane boots with, and the headless browser of the web console's tests; then the toolchains, from the `packages` of languages.toml:
 # every language by default, `make deps LANGUAGES="c cpp python3"` only those.
 BASE_PACKAGES := libcap-dev libseccomp2 python3-venv python3-dev gcc g++ make curl \
 	qemu-system-x86 busybox-static cpio kmod chromium chromium-driver
