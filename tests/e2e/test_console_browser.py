@@ -153,6 +153,16 @@ def test_hello_world_in_python_is_accepted(browser, daemon, tmp_path):
     save_screenshot(browser, tmp_path, "console.png")
 
 
+def test_tab_indents_the_source_instead_of_leaving_it(browser, daemon):
+    open_console(browser, daemon.url)
+    wait_ready(browser)
+    source = browser.find_element(By.ID, "source")
+    set_field(browser, "source", "")
+    source.send_keys("if True:", Keys.ENTER, Keys.TAB, "pass")
+    assert source.get_attribute("value") == "if True:\n    pass"
+    assert browser.switch_to.active_element == source
+
+
 def test_compile_error_in_c_shows_the_compilers_message(browser, daemon):
     open_console(browser, daemon.url)
     wait_ready(browser)
