@@ -23,8 +23,17 @@ from aiohttp import hdrs, web
 from sandboxd.config import Bound, Config
 from sandboxd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sandboxd.metrics import Metrics
-from sandboxd.model import Limits, Result, Submission, utf8_size
-from sandboxd.outputs import comparable_expected
+from sandboxd.model import (
+    CHECKERS,
+    DEFAULT_CHECKER,
+    DEFAULT_CHECKER_EPSILON,
+    JudgeCase,
+    Limits,
+    Result,
+    Submission,
+    utf8_size,
+)
+from sandboxd.outputs import shortest_match_size
 from sandboxd.service import QueueFull, ResultExpired, Stats, Unavailable
 
 log = logging.getLogger(__name__)
@@ -35,9 +44,6 @@ RETRY_AFTER_S = 1
 # Fields of the contract whose features are not built yet: accepted by name, refused.
 LATER_FIELDS = frozenset(
     {
-        "tests",
-        "checker",
-        "checker_epsilon",
         "checker_source",
         "checker_language",
         "interactor_source",
@@ -49,8 +55,13 @@ LATER_FIELDS = frozenset(
 )
 REQUIRED_FIELDS = ("language", "source")
 LIMIT_FIELDS = ("time_limit_ms", "wall_time_limit_ms", "memory_limit_mb")
+JUDGING_FIELDS = ("tests", "stop_on_first_failure", "checker", "checker_epsilon")
 KNOWN_FIELDS = frozenset(
-    {*REQUIRED_FIELDS, "stdin", "expected_output", *LIMIT_FIELDS, "callback_url", "cache"})
+    {*REQUIRED_FIELDS, "stdin", "expected_output", *LIMIT_FIELDS, "callback_url", "cache",
+     *JUDGING_FIELDS})
+TEST_FIELDS = frozenset({"stdin", "expected_output", "time_limit_ms", "wall_time_limit_ms"})
+# checker_epsilon: a tolerance, not a way to accept anything (1.0 already accepts 0 for 1).
+MAX_CHECKER_EPSILON = 1.0
 
 MAX_CALLBACK_URL_LENGTH = 2048
 # What `callback_check` answers when the daemon has no webhook dispatcher configured.
@@ -211,8 +222,10 @@ class SubmissionParser:
         if expected is not None and not isinstance(expected, str):
             raise FieldError(400, "expected_output",
                              f"must be a string or null, not {_json_type(expected)}")
+        checker = self._checker(data)
         if expected is not None:
-            _check_expected_output(expected, config.sandbox.output_limit_bytes)
+            _check_expected_output("expected_output", expected, checker,
+                                   config.sandbox.output_limit_bytes)
         limits = config.limits
         time_ms = _limit(data, "time_limit_ms", limits.time_limit_ms,
                          limits.time_limit_ms.default)
@@ -229,7 +242,90 @@ class SubmissionParser:
             expected_output=expected,
             callback_url=self._callback_url(data),
             cache=_boolean(data, "cache", default=True),
+            tests=self._tests(data, checker, wall_explicit="wall_time_limit_ms" in data),
+            stop_on_first_failure=_boolean(data, "stop_on_first_failure", default=True),
+            checker=checker,
+            checker_epsilon=self._checker_epsilon(data),
         )
+
+    def _checker(self, data: dict[str, Any]) -> str:
+        checker = data.get("checker", DEFAULT_CHECKER)
+        if not isinstance(checker, str):
+            raise FieldError(400, "checker", f"must be a string, not {_json_type(checker)}")
+        if checker not in CHECKERS:
+            raise FieldError(400, "checker", f"unknown checker {checker[:40]!r}; known: "
+                                             f"{', '.join(CHECKERS)}")
+        return checker
+
+    def _checker_epsilon(self, data: dict[str, Any]) -> float:
+        epsilon = data.get("checker_epsilon", DEFAULT_CHECKER_EPSILON)
+        if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
+            raise FieldError(400, "checker_epsilon",
+                             f"must be a number, not {_json_type(epsilon)}")
+        if not 0 <= epsilon <= MAX_CHECKER_EPSILON:
+            raise FieldError(400, "checker_epsilon", f"{epsilon} is out of range: allowed "
+                                                     f"0..{MAX_CHECKER_EPSILON}")
+        if "checker_epsilon" in data and data.get("checker") != "float":
+            raise FieldError(400, "checker_epsilon", 'only applies with "checker": "float"')
+        return float(epsilon)
+
+    def _tests(self, data: dict[str, Any], checker: str,
+               wall_explicit: bool) -> tuple[JudgeCase, ...] | None:
+        if "tests" not in data:
+            if "stop_on_first_failure" in data:
+                raise FieldError(400, "stop_on_first_failure", "only applies with tests")
+            return None
+        for single in ("stdin", "expected_output"):
+            if single in data:
+                raise FieldError(400, single, "not allowed with tests (each test has its own)")
+        items = data["tests"]
+        if not isinstance(items, list):
+            raise FieldError(400, "tests", f"must be an array, not {_json_type(items)}")
+        config = self._config
+        maximum = config.server.max_tests
+        if not 1 <= len(items) <= maximum:
+            raise FieldError(400, "tests", f"{len(items)} tests, allowed 1..{maximum} "
+                                           "(server.max_tests)")
+        cases = []
+        total = 0
+        for index, item in enumerate(items):
+            try:
+                case = self._test(item, checker, wall_explicit)
+            except FieldError as e:
+                raise e.within(f"tests[{index}]") from None
+            total += utf8_size(case.stdin) + utf8_size(case.expected_output or "")
+            cases.append(case)
+        if total > config.server.max_stdin_bytes:
+            raise FieldError(413, "tests", f"{total} bytes of stdin and expected output, over "
+                                           f"the maximum of {config.server.max_stdin_bytes} "
+                                           "bytes (server.max_stdin_bytes)")
+        return tuple(cases)
+
+    def _test(self, item: Any, checker: str, wall_explicit: bool) -> JudgeCase:
+        if not isinstance(item, dict):
+            raise FieldError(400, None, f"must be a JSON object, not {_json_type(item)}")
+        unknown = sorted(set(item) - TEST_FIELDS)
+        if unknown:
+            raise FieldError(400, None, f"unknown field(s): {', '.join(n[:100] for n in unknown)}"
+                                        f" (a test has {', '.join(sorted(TEST_FIELDS))})")
+        stdin = _string(item, "stdin", default="")
+        expected = item.get("expected_output")
+        if expected is not None and not isinstance(expected, str):
+            raise FieldError(400, "expected_output",
+                             f"must be a string or null, not {_json_type(expected)}")
+        if expected is not None:
+            _check_expected_output("expected_output", expected, checker,
+                                   self._config.sandbox.output_limit_bytes)
+        limits = self._config.limits
+        time_ms = wall_ms = None
+        if "time_limit_ms" in item:
+            time_ms = _limit(item, "time_limit_ms", limits.time_limit_ms, 0)
+            if not wall_explicit:
+                wall_ms = limits.default_wall_ms(time_ms)
+        if "wall_time_limit_ms" in item:
+            wall_ms = _limit(item, "wall_time_limit_ms", limits.wall_time_limit_ms, 0)
+        return JudgeCase(stdin=stdin, expected_output=expected, time_limit_ms=time_ms,
+                         wall_time_limit_ms=wall_ms)
 
     def parse_batch(self, data: dict[str, Any]) -> list[Submission]:
         unknown = sorted(set(data) - {"submissions"})
@@ -296,15 +392,15 @@ def _check_size(name: str, value: str, maximum: int, setting: str) -> None:
                                     f"({setting})")
 
 
-def _check_expected_output(expected: str, output_limit: int) -> None:
+def _check_expected_output(name: str, expected: str, checker: str, output_limit: int) -> None:
     # stdout is cut at the output limit (and the run is Output Limit Exceeded), so an
     # expected output longer than that, as compared, can never be matched: refuse the
     # request rather than run a job that cannot be Accepted.
-    size = utf8_size(comparable_expected(expected))
-    if size > output_limit:
+    size = shortest_match_size(checker, expected)
+    if size is not None and size > output_limit:
         raise FieldError(
-            400, "expected_output",
-            f"{size} bytes (without trailing whitespace), longer than the output limit of "
+            400, name,
+            f"{size} bytes (as the {checker} checker compares), longer than the output limit of "
             f"{output_limit} bytes (sandbox.output_limit_bytes): no program's output could "
             "match it")
 

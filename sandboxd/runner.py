@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from typing import Any
 
 from sandboxd.config import MIB, Config
-from sandboxd.jail.spec import BoxLimits, JailError, JailOutcome, JailSpec, SeccompProfile
+from sandboxd.jail.spec import Bind, BoxLimits, JailError, JailOutcome, JailSpec, SeccompProfile
 from sandboxd.jail.supervisor import Sandbox
 from sandboxd.jail.workspace import Workspace
 from sandboxd.languages import Language, Registry, StepSizes, parse_version
-from sandboxd.model import Limits, Result, Status, Submission
+from sandboxd.model import JudgeCase, Limits, Result, Status, Submission
 from sandboxd.observer import Observer
 from sandboxd.outputs import BOM
 from sandboxd.verdict import decide, decided_by_compile, to_result
@@ -28,6 +29,25 @@ from sandboxd.verdict import decide, decided_by_compile, to_result
 log = logging.getLogger(__name__)
 
 DATA_LIMIT_MARGIN_BYTES = 256 * MIB  # thread stacks (8 MiB each) count as data too
+
+# A test not run: an earlier one failed (stop_on_first_failure) or the compile did.
+SKIPPED = "Skipped"
+SKIPPED_TEST: dict[str, Any] = {
+    "status": SKIPPED, "stdout": "", "stderr": "", "exit_code": None, "signal": None,
+    "time_ms": None, "wall_time_ms": None, "memory_kb": None,
+}
+_TEST_FIELDS = ("stdout", "stderr", "exit_code", "signal", "time_ms", "wall_time_ms",
+                "memory_kb", "message")
+
+
+def _test_entry(result: Result) -> dict[str, Any]:
+    """One test's entry of the per-test list: its status and run fields."""
+    entry: dict[str, Any] = {"status": result.status.value}
+    for name in _TEST_FIELDS:
+        value = getattr(result, name)
+        if name != "message" or value is not None:
+            entry[name] = value
+    return entry
 
 
 class Runner:
@@ -57,10 +77,7 @@ class Runner:
 
     async def _run(self, lang: Language, submission: Submission) -> Result:
         async with self.sandbox.slot() as slot:
-            try:
-                workspace = self.sandbox.workspace(slot, self.config.sandbox.disk_limit_mb)
-            except OSError as e:
-                raise JailError(f"workspace: {e}") from None
+            workspace = self._workspace(slot)
             try:
                 # A UTF-8 BOM (Windows editors) is no part of the program: javac calls it
                 # an illegal character, and no toolchain needs it.
@@ -71,21 +88,80 @@ class Runner:
                     started = time.monotonic()
                     compiled = await self.sandbox.run(self._spec(
                         lang, lang.argv(compile_step, StepSizes.compile(self.config, lang)),
-                        self._compile_limits(lang), slot, workspace, merge_stderr=True))
+                        self._compile_limits(lang), slot, workspace.binds_for_next_step(),
+                        merge_stderr=True))
                     self.observer.compile_step(lang.id, time.monotonic() - started)
                     verdict = decided_by_compile(compiled)
                     if verdict is not None:
-                        return to_result(verdict, compiled, None)
-                sizes = StepSizes.run(self.config, submission.limits.memory_limit_mb)
-                started = time.monotonic()
-                ran = await self.sandbox.run(self._spec(
-                    lang, lang.run_argv(sizes), self._run_limits(lang, submission.limits),
-                    slot, workspace, stdin=submission.stdin.encode()))
-                self.observer.run_step(lang.id, time.monotonic() - started)
-                status = decide(compiled, ran, submission.expected_output, lang.out_of_memory)
-                return to_result(status, compiled, ran)
+                        result = to_result(verdict, compiled, None)
+                        if submission.tests is not None:
+                            skipped = [SKIPPED_TEST] * len(submission.tests)
+                            result = dataclasses.replace(result, extra={"tests": skipped})
+                        return result
+                if submission.tests is not None:
+                    return await self._run_tests(lang, submission, submission.tests, compiled,
+                                                 slot, workspace)
+                ran = await self._run_step(lang, submission.limits, slot,
+                                           workspace.binds_for_next_step(), submission.stdin)
+                return to_result(self._decide(lang, submission, compiled, ran,
+                                              submission.expected_output), compiled, ran)
             finally:
                 workspace.destroy()
+
+    async def _run_tests(self, lang: Language, submission: Submission,
+                         tests: tuple[JudgeCase, ...], compiled: JailOutcome | None, slot: int,
+                         workspace: Workspace) -> Result:
+        """Each test in a fresh box over its own fresh tmpfs (/tmp, /dev/shm), the
+        compiled /box bound read-only: no test can change the program or leave anything
+        for the next one."""
+        program = Bind(str(workspace.path / "box"), "/box", writable=False)
+        entries: list[dict[str, Any]] = []
+        deciding: Result | None = None  # the first test that is not Accepted
+        last: Result | None = None
+        for case in tests:
+            if deciding is not None and submission.stop_on_first_failure:
+                entries.append(SKIPPED_TEST)
+                continue
+            limits = Limits(
+                time_limit_ms=case.time_limit_ms or submission.limits.time_limit_ms,
+                wall_time_limit_ms=(case.wall_time_limit_ms
+                                    or submission.limits.wall_time_limit_ms),
+                memory_limit_mb=submission.limits.memory_limit_mb)
+            scratch = self._workspace(slot)
+            try:
+                binds = tuple(b for b in scratch.binds_for_next_step() if b.target != "/box")
+                ran = await self._run_step(lang, limits, slot, (program, *binds), case.stdin)
+            finally:
+                scratch.destroy()
+            last = to_result(self._decide(lang, submission, compiled, ran,
+                                          case.expected_output), compiled, ran)
+            entries.append(_test_entry(last))
+            if deciding is None and last.status is not Status.ACCEPTED:
+                deciding = last
+        overall = deciding or last
+        assert overall is not None  # the API refuses an empty list of tests
+        return dataclasses.replace(overall, extra={"tests": entries})
+
+    async def _run_step(self, lang: Language, limits: Limits, slot: int,
+                        binds: tuple[Bind, ...], stdin: str) -> JailOutcome:
+        sizes = StepSizes.run(self.config, limits.memory_limit_mb)
+        started = time.monotonic()
+        ran = await self.sandbox.run(self._spec(
+            lang, lang.run_argv(sizes), self._run_limits(lang, limits), slot, binds,
+            stdin=stdin.encode()))
+        self.observer.run_step(lang.id, time.monotonic() - started)
+        return ran
+
+    def _decide(self, lang: Language, submission: Submission, compiled: JailOutcome | None,
+                ran: JailOutcome, expected_output: str | None) -> Status:
+        return decide(compiled, ran, expected_output, lang.out_of_memory,
+                      submission.checker, submission.checker_epsilon)
+
+    def _workspace(self, slot: int) -> Workspace:
+        try:
+            return self.sandbox.workspace(slot, self.config.sandbox.disk_limit_mb)
+        except OSError as e:
+            raise JailError(f"workspace: {e}") from None
 
     async def version(self, lang: Language) -> str | None:
         """The toolchain's version, asked in a real box (doubles as a start-up self-test)."""
@@ -101,7 +177,7 @@ class Runner:
             try:
                 outcome = await self.sandbox.run(self._spec(
                     lang, lang.argv(lang.version_command, StepSizes.compile(self.config, lang)),
-                    self._compile_limits(lang), slot, workspace,
+                    self._compile_limits(lang), slot, workspace.binds_for_next_step(),
                     merge_stderr=True))
             finally:
                 workspace.destroy()
@@ -145,12 +221,12 @@ class Runner:
         return box
 
     def _spec(self, lang: Language, argv: tuple[str, ...], limits: BoxLimits, slot: int,
-              workspace: Workspace, *, stdin: bytes = b"", merge_stderr: bool = False
+              binds: tuple[Bind, ...], *, stdin: bytes = b"", merge_stderr: bool = False
               ) -> JailSpec:
         return JailSpec(
             argv=argv,
             limits=limits,
-            binds=lang.rootfs.binds + workspace.binds_for_next_step(),
+            binds=lang.rootfs.binds + binds,
             symlinks=lang.rootfs.symlinks,
             env=lang.env,
             seccomp=SeccompProfile(lang.extra_syscalls),
