@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from sandboxd.jail.spec import JailOutcome, Termination
 from sandboxd.model import DEFAULT_CHECKER, DEFAULT_CHECKER_EPSILON, Result, Status
-from sandboxd.outputs import check_output
+from sandboxd.outputs import check_output, outputs_match  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
