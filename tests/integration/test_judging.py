@@ -1,0 +1,177 @@
+"""Judging through the real runner and real boxes: many tests compiled once, per-test
+results, the first failure deciding, skipped tests, checkers, and tests that cannot
+reach one another (each in a fresh box, the compiled /box read-only)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from sandboxd.model import JudgeCase, Limits, Result, Status, Submission
+from sandboxd.observer import Observer
+from sandboxd.runner import Runner
+from tests.integration.hostile import describe
+from tests.integration.test_languages import LANGUAGE_IDS
+
+LIMITS = Limits(time_limit_ms=2000, wall_time_limit_ms=5000, memory_limit_mb=256)
+
+
+class StepCounter(Observer):
+    def __init__(self) -> None:
+        self.compiles: list[str] = []
+        self.runs: list[str] = []
+
+    def compile_step(self, language: str, seconds: float) -> None:
+        self.compiles.append(language)
+
+    def run_step(self, language: str, seconds: float) -> None:
+        self.runs.append(language)
+
+
+@pytest.fixture
+def counted(runner: Runner) -> tuple[Runner, StepCounter]:
+    counter = StepCounter()
+    return Runner(runner.sandbox, runner.languages, runner.config, counter), counter
+
+
+async def judge(runner: Runner, language: str, source: str, tests: list[JudgeCase],
+                **options: object) -> Result:
+    submission = Submission(language=language, source=source, limits=LIMITS,
+                            tests=tuple(tests), **options)  # type: ignore[arg-type]
+    return await runner.run(submission)
+
+
+SQUARE_CPP = """
+#include <iostream>
+int main() { long long n; std::cin >> n; std::cout << n * n << "\\n"; }
+"""
+
+
+async def test_cpp_against_20_tests_compiles_once(counted):
+    runner, counter = counted
+    tests = [JudgeCase(stdin=f"{n}\n", expected_output=f"{n * n}\n") for n in range(20)]
+    result = await judge(runner, "cpp", SQUARE_CPP, tests)
+    assert result.status is Status.ACCEPTED, describe(result)
+    entries = result.extra["tests"]
+    assert [e["status"] for e in entries] == ["Accepted"] * 20, entries
+    assert entries[7]["stdout"] == "49\n"
+    assert counter.compiles == ["cpp"]
+    assert counter.runs == ["cpp"] * 20
+
+
+# Squares its input, except for 7, where it answers wrong.
+SQUARE_BUT_7_C = """
+#include <stdio.h>
+int main(void) { long long n; scanf("%lld", &n); printf("%lld\\n", n == 7 ? 0 : n * n); }
+"""
+
+
+async def test_failing_test_7_of_10_decides_and_the_rest_are_skipped(counted):
+    runner, counter = counted
+    tests = [JudgeCase(stdin=f"{n}", expected_output=f"{n * n}\n") for n in range(1, 11)]
+    result = await judge(runner, "c", SQUARE_BUT_7_C, tests)
+    assert result.status is Status.WRONG_ANSWER, describe(result)
+    assert result.stdout == "0\n"  # the deciding test's own output
+    statuses = [e["status"] for e in result.extra["tests"]]
+    assert statuses == ["Accepted"] * 6 + ["Wrong Answer"] + ["Skipped"] * 3
+    assert counter.runs == ["c"] * 7
+
+
+async def test_without_stop_on_first_failure_every_test_runs(runner):
+    tests = [JudgeCase(stdin=f"{n}", expected_output=f"{n * n}\n") for n in range(1, 11)]
+    result = await judge(runner, "c", SQUARE_BUT_7_C, tests, stop_on_first_failure=False)
+    assert result.status is Status.WRONG_ANSWER, describe(result)
+    statuses = [e["status"] for e in result.extra["tests"]]
+    assert statuses == ["Accepted"] * 6 + ["Wrong Answer"] + ["Accepted"] * 3
+
+
+async def test_per_test_time_limit_and_verdicts(runner):
+    source = "import sys\nn = int(input())\nwhile n == 0: pass\nsys.exit(n - 1)\n"
+    tests = [JudgeCase(stdin="1", expected_output=""),
+             JudgeCase(stdin="0", time_limit_ms=200),
+             JudgeCase(stdin="4")]
+    result = await judge(runner, "python3", source, tests, stop_on_first_failure=False)
+    assert result.status is Status.TIME_LIMIT_EXCEEDED, describe(result)
+    entries = result.extra["tests"]
+    assert [e["status"] for e in entries] == ["Accepted", "Time Limit Exceeded",
+                                              "Runtime Error"]
+    assert entries[2]["exit_code"] == 3
+
+
+async def test_compile_error_skips_every_test(counted):
+    runner, counter = counted
+    result = await judge(runner, "c", "int main(void) { return 0 }",
+                         [JudgeCase(stdin="1"), JudgeCase(stdin="2")])
+    assert result.status is Status.COMPILE_ERROR, describe(result)
+    assert "error" in result.compile_output
+    assert [e["status"] for e in result.extra["tests"]] == ["Skipped", "Skipped"]
+    assert counter.runs == []
+
+
+# Test "1": tries to replace its own binary with a symlink to a host file, to leave a
+# file in the working directory and one in /tmp. Test "2": reports what it finds.
+TAMPER_C = r"""
+#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+    int n = 0;
+    if (scanf("%d", &n) != 1) return 2;
+    if (n == 1) {
+        int gone = unlink("main") == 0;
+        int linked = symlink("/etc/shadow", "main") == 0;
+        FILE *f = fopen("note", "w");
+        FILE *t = fopen("/tmp/note", "w");
+        if (t) { fputs("left", t); fclose(t); }
+        printf("%d %d %d %d\n", gone, linked, f != NULL, t != NULL);
+        return 0;
+    }
+    printf("%d %d\n", access("note", F_OK) == 0, access("/tmp/note", F_OK) == 0);
+    return 0;
+}
+"""
+
+
+async def test_a_test_cannot_change_the_program_or_leave_anything_for_the_next(runner):
+    tests = [JudgeCase(stdin="1", expected_output="0 0 0 1\n"),
+             JudgeCase(stdin="2", expected_output="0 0\n")]
+    result = await judge(runner, "c", TAMPER_C, tests, stop_on_first_failure=False)
+    # Test 1: /box is read-only (no unlink, no symlink, no file), its own /tmp writable.
+    # Test 2: the original binary ran again, and neither file is there.
+    assert result.status is Status.ACCEPTED, describe(result)
+
+
+DIVIDE_PY = "a, b = map(int, input().split())\nprint(f'{a / b:.7f}')\n"
+
+
+@pytest.mark.parametrize(("checker", "expected", "status"), [
+    ("float", "0.3333333333\n", Status.ACCEPTED),
+    ("float", "0.34\n", Status.WRONG_ANSWER),
+    ("exact", "0.3333333\n", Status.ACCEPTED),
+    ("exact", "0.3333333", Status.WRONG_ANSWER),
+    ("tokens", "  0.3333333  ", Status.ACCEPTED),
+    ("tokens", "0.333333", Status.WRONG_ANSWER),
+])
+async def test_checkers_judge_a_real_run(runner, checker, expected, status):
+    result = await judge(runner, "python3", DIVIDE_PY,
+                         [JudgeCase(stdin="1 3", expected_output=expected)], checker=checker)
+    assert result.status is status, describe(result)
+
+
+async def test_single_run_honours_the_checker(runner):
+    submission = Submission(language="python3", source="print(3, 1, 2, sep='\\n')",
+                            limits=LIMITS, expected_output="1\n2\n3\n",
+                            checker="unordered-lines")
+    assert (await runner.run(submission)).status is Status.ACCEPTED
+    wrong = dataclasses.replace(submission, expected_output="1\n2\n4\n")
+    assert (await runner.run(wrong)).status is Status.WRONG_ANSWER
+
+
+# Every language still runs with its working directory read-only (the tests mode).
+@pytest.mark.parametrize("language", LANGUAGE_IDS)
+async def test_every_language_runs_tests_over_a_read_only_box(runner, registry, language):
+    lang = registry[language]
+    tests = [JudgeCase(stdin="19 23\n", expected_output="42\n"),
+             JudgeCase(stdin="1 2\n", expected_output="3\n")]
+    result = await judge(runner, language, lang.test_program("sum"), tests)
+    assert result.status is Status.ACCEPTED, describe(result)
