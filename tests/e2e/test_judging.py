@@ -62,3 +62,14 @@ def test_judging_refusals_name_the_field(daemon):
         "language": "python3", "source": "print(1)", "tests": [{"stdin": "1"}, {"in": "2"}]})
     assert status == 400
     assert body["error"].startswith("tests[1]: unknown field(s): in")
+
+
+def test_readme_judging_example_answers_what_the_readme_shows(daemon):
+    from tests.e2e.test_readme import _blocks, _run_example, _section
+
+    blocks = _blocks(_section("### Judging: tests and checkers"))
+    [script] = [body for lang, body in blocks if lang == "sh"]
+    [result] = _run_example(daemon, script)
+    assert result["status"] == "Wrong Answer", result
+    assert [t["status"] for t in result["tests"]] == ["Accepted", "Accepted", "Wrong Answer"]
+    assert result["stdout"] == result["tests"][2]["stdout"] == "0.125000000\n"
