@@ -9,6 +9,8 @@ about a field starts with the field's name (`time_limit_ms: ...`, in a batch
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import logging
@@ -27,6 +29,7 @@ from sandboxd.model import (
     CHECKERS,
     DEFAULT_CHECKER,
     DEFAULT_CHECKER_EPSILON,
+    ExtraFile,
     JudgeCase,
     Limits,
     Result,
@@ -48,18 +51,24 @@ LATER_FIELDS = frozenset(
         "checker_language",
         "interactor_source",
         "interactor_language",
-        "files",
         "compiler_options",
-        "command_line_arguments",
     }
 )
 REQUIRED_FIELDS = ("language", "source")
 LIMIT_FIELDS = ("time_limit_ms", "wall_time_limit_ms", "memory_limit_mb")
-JUDGING_FIELDS = ("tests", "stop_on_first_failure", "checker", "checker_epsilon")
+JUDGING_FIELDS = ("tests", "stop_on_first_failure", "checker", "checker_epsilon", "files",
+                  "command_line_arguments")
 KNOWN_FIELDS = frozenset(
     {*REQUIRED_FIELDS, "stdin", "expected_output", *LIMIT_FIELDS, "callback_url", "cache",
      *JUDGING_FIELDS})
 TEST_FIELDS = frozenset({"stdin", "expected_output", "time_limit_ms", "wall_time_limit_ms"})
+FILE_FIELDS = frozenset({"name", "content", "encoding"})
+FILE_ENCODINGS = ("utf8", "base64")
+# A plain file name: no directory part, no "." or "..", no leading dot (nothing hidden),
+# no characters a shell or a compiler's command line would read specially.
+FILE_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}")
+MAX_ARGUMENTS = 64
+MAX_ARGUMENT_LENGTH = 4096
 # checker_epsilon: a tolerance, not a way to accept anything (1.0 already accepts 0 for 1).
 MAX_CHECKER_EPSILON = 1.0
 
@@ -216,6 +225,15 @@ class SubmissionParser:
         language = self._language(data)
         source = _string(data, "source")
         _check_size("source", source, config.server.max_source_bytes, "server.max_source_bytes")
+        files = self._files(data, language)
+        arguments = _arguments(data, "command_line_arguments")
+        program_bytes = (utf8_size(source) + sum(len(f.content) for f in files)
+                         + sum(utf8_size(a) for a in arguments))
+        if program_bytes > config.server.max_source_bytes and (files or arguments):
+            raise FieldError(413, "files", f"source, files and command_line_arguments are "
+                                           f"{program_bytes} bytes together, over the maximum "
+                                           f"of {config.server.max_source_bytes} bytes "
+                                           "(server.max_source_bytes)")
         stdin = _string(data, "stdin", default="")
         _check_size("stdin", stdin, config.server.max_stdin_bytes, "server.max_stdin_bytes")
         expected = data.get("expected_output")
@@ -246,7 +264,40 @@ class SubmissionParser:
             stop_on_first_failure=_boolean(data, "stop_on_first_failure", default=True),
             checker=checker,
             checker_epsilon=self._checker_epsilon(data),
+            files=files,
+            command_line_arguments=arguments,
         )
+
+    def _files(self, data: dict[str, Any], language: str) -> tuple[ExtraFile, ...]:
+        items = data.get("files", [])
+        if not isinstance(items, list):
+            raise FieldError(400, "files", f"must be an array, not {_json_type(items)}")
+        maximum = self._config.server.max_files
+        if len(items) > maximum:
+            raise FieldError(400, "files", f"{len(items)} files, allowed 0..{maximum} "
+                                           "(server.max_files)")
+        source_file = self._source_file(language) if items else None
+        files: list[ExtraFile] = []
+        for index, item in enumerate(items):
+            try:
+                extra = _extra_file(item)
+            except FieldError as e:
+                raise e.within(f"files[{index}]") from None
+            if extra.name == source_file:
+                raise FieldError(400, f"files[{index}].name",
+                                 f"{extra.name!r} is the source file's name")
+            if any(f.name == extra.name for f in files):
+                raise FieldError(400, f"files[{index}].name",
+                                 f"{extra.name!r} is given twice: names must be unique")
+            files.append(extra)
+        return tuple(files)
+
+    def _source_file(self, language: str) -> str | None:
+        for entry in self._languages.describe(self._config):
+            if entry.get("id") == language:
+                name = entry.get("source_file")
+                return name if isinstance(name, str) else None
+        return None
 
     def _checker(self, data: dict[str, Any]) -> str:
         checker = data.get("checker", DEFAULT_CHECKER)
@@ -383,6 +434,53 @@ class SubmissionParser:
         if problem is not None:
             raise FieldError(400, "callback_url", problem)
         return url
+
+
+def _extra_file(item: Any) -> ExtraFile:
+    if not isinstance(item, dict):
+        raise FieldError(400, None, f"must be a JSON object, not {_json_type(item)}")
+    unknown = sorted(set(item) - FILE_FIELDS)
+    if unknown:
+        raise FieldError(400, None, f"unknown field(s): {', '.join(n[:100] for n in unknown)}"
+                                    " (a file has name, content, encoding)")
+    missing = [n for n in ("name", "content") if n not in item]
+    if missing:
+        raise FieldError(400, None, f"missing required field(s): {', '.join(missing)}")
+    name = _string(item, "name")
+    if not FILE_NAME.fullmatch(name):
+        raise FieldError(400, "name", f"{name[:100]!r} is not a plain file name: 1-128 of "
+                                      "A-Z a-z 0-9 . _ + -, not starting with a dot (no "
+                                      "directories, no absolute paths, no '..')")
+    content = _string(item, "content")
+    encoding = _string(item, "encoding", default="utf8")
+    if encoding == "utf8":
+        return ExtraFile(name=name, content=content.encode())
+    if encoding == "base64":
+        try:
+            return ExtraFile(name=name, content=base64.b64decode(content, validate=True))
+        except (binascii.Error, ValueError):
+            raise FieldError(400, "content", "is not valid base64") from None
+    raise FieldError(400, "encoding", f"must be one of {', '.join(FILE_ENCODINGS)}, not "
+                                      f"{encoding[:40]!r}")
+
+
+def _arguments(data: dict[str, Any], name: str) -> tuple[str, ...]:
+    items = data.get(name, [])
+    if not isinstance(items, list):
+        raise FieldError(400, name, f"must be an array of strings (argv items), not "
+                                    f"{_json_type(items)}")
+    if len(items) > MAX_ARGUMENTS:
+        raise FieldError(400, name, f"{len(items)} items, allowed 0..{MAX_ARGUMENTS}")
+    for index, item in enumerate(items):
+        if not isinstance(item, str):
+            raise FieldError(400, f"{name}[{index}]", f"must be a string, not "
+                                                      f"{_json_type(item)}")
+        if len(item) > MAX_ARGUMENT_LENGTH:
+            raise FieldError(400, f"{name}[{index}]", f"{len(item)} characters, over the "
+                                                      f"maximum of {MAX_ARGUMENT_LENGTH}")
+        if "\0" in item:
+            raise FieldError(400, f"{name}[{index}]", "must not contain a NUL character")
+    return tuple(items)
 
 
 def _check_size(name: str, value: str, maximum: int, setting: str) -> None:

@@ -57,6 +57,15 @@ class JudgeCase:
 
 
 @dataclass(frozen=True)
+class ExtraFile:
+    """A file put into the working directory beside the source (a plain name, checked
+    by the API), present for the compile step and every run."""
+
+    name: str
+    content: bytes
+
+
+@dataclass(frozen=True)
 class Submission:
     language: str
     source: str
@@ -75,12 +84,17 @@ class Submission:
     # How stdout is compared with an expected output (outputs.py).
     checker: str = DEFAULT_CHECKER
     checker_epsilon: float = DEFAULT_CHECKER_EPSILON
+    files: tuple[ExtraFile, ...] = ()
+    # Appended to the language's run command (argv items, never a shell string).
+    command_line_arguments: tuple[str, ...] = ()
 
     def input_bytes(self) -> int:
         """What the job holds until it has run: source, stdin and expected output (of
         every test), as UTF-8 (the unit of the API's limits and of the queue's budget)."""
         expected = self.expected_output or ""
         size = utf8_size(self.source) + utf8_size(self.stdin) + utf8_size(expected)
+        size += sum(len(f.content) for f in self.files)
+        size += sum(utf8_size(a) for a in self.command_line_arguments)
         for case in self.tests or ():
             size += utf8_size(case.stdin) + utf8_size(case.expected_output or "")
         return size

@@ -82,6 +82,8 @@ class Runner:
                 # A UTF-8 BOM (Windows editors) is no part of the program: javac calls it
                 # an illegal character, and no toolchain needs it.
                 workspace.write_file(lang.source, submission.source.removeprefix(BOM).encode())
+                for extra in submission.files:  # names checked by the API (api.py)
+                    workspace.write_file(extra.name, extra.content)
                 compiled: JailOutcome | None = None
                 compile_step = lang.compile_step
                 if compile_step is not None:
@@ -101,7 +103,7 @@ class Runner:
                 if submission.tests is not None:
                     return await self._run_tests(lang, submission, submission.tests, compiled,
                                                  slot, workspace)
-                ran = await self._run_step(lang, submission.limits, slot,
+                ran = await self._run_step(lang, submission, submission.limits, slot,
                                            workspace.binds_for_next_step(), submission.stdin)
                 return to_result(self._decide(lang, submission, compiled, ran,
                                               submission.expected_output), compiled, ran)
@@ -130,7 +132,8 @@ class Runner:
             scratch = self._workspace(slot)
             try:
                 binds = tuple(b for b in scratch.binds_for_next_step() if b.target != "/box")
-                ran = await self._run_step(lang, limits, slot, (program, *binds), case.stdin)
+                ran = await self._run_step(lang, submission, limits, slot, (program, *binds),
+                                           case.stdin)
             finally:
                 scratch.destroy()
             last = to_result(self._decide(lang, submission, compiled, ran,
@@ -142,13 +145,13 @@ class Runner:
         assert overall is not None  # the API refuses an empty list of tests
         return dataclasses.replace(overall, extra={"tests": entries})
 
-    async def _run_step(self, lang: Language, limits: Limits, slot: int,
-                        binds: tuple[Bind, ...], stdin: str) -> JailOutcome:
+    async def _run_step(self, lang: Language, submission: Submission, limits: Limits,
+                        slot: int, binds: tuple[Bind, ...], stdin: str) -> JailOutcome:
         sizes = StepSizes.run(self.config, limits.memory_limit_mb)
+        argv = lang.run_argv(sizes) + submission.command_line_arguments
         started = time.monotonic()
         ran = await self.sandbox.run(self._spec(
-            lang, lang.run_argv(sizes), self._run_limits(lang, limits), slot, binds,
-            stdin=stdin.encode()))
+            lang, argv, self._run_limits(lang, limits), slot, binds, stdin=stdin.encode()))
         self.observer.run_step(lang.id, time.monotonic() - started)
         return ran
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sandboxd.cache import NOT_IN_KEY, ResultCache, cache_key, is_cacheable
-from sandboxd.model import JudgeCase, Limits, Result, Status, Submission
+from sandboxd.model import ExtraFile, JudgeCase, Limits, Result, Status, Submission
 
 LIMITS = Limits(time_limit_ms=1000, wall_time_limit_ms=3000, memory_limit_mb=128)
 BASE = Submission(language="python3", source="print(input())", limits=LIMITS, stdin="hi",
@@ -28,6 +28,8 @@ VARIANTS: dict[str, Any] = {
     "stop_on_first_failure": False,
     "checker": "tokens",
     "checker_epsilon": 1e-3,
+    "files": (ExtraFile(name="data.txt", content=b"1"),),
+    "command_line_arguments": ("-v",),
 }
 LIMIT_VARIANTS: dict[str, int] = {
     "time_limit_ms": 999,
