@@ -73,3 +73,29 @@ def test_readme_judging_example_answers_what_the_readme_shows(daemon):
     assert result["status"] == "Wrong Answer", result
     assert [t["status"] for t in result["tests"]] == ["Accepted", "Accepted", "Wrong Answer"]
     assert result["stdout"] == result["tests"][2]["stdout"] == "0.125000000\n"
+
+
+def test_files_refused_over_http_name_the_file(daemon):
+    cases = [
+        ({"name": "main.c", "content": ""}, "files[0].name: 'main.c' is the source file's name"),
+        ({"name": "../x", "content": ""}, "files[0].name: '../x' is not a plain file name"),
+        ({"name": "/etc/passwd", "content": ""},
+         "files[0].name: '/etc/passwd' is not a plain file name"),
+    ]
+    for file, error in cases:
+        status, body, _ = daemon.request("POST", "/execute", {
+            "language": "c", "source": "int main(void){return 0;}", "files": [file]})
+        assert status == 400 and body["error"].startswith(error), body
+    status, body, _ = daemon.request("POST", "/execute", {
+        "language": "c", "source": "int main(void){return 0;}",
+        "files": [{"name": f"f{i}", "content": ""} for i in range(21)]})
+    assert (status, body) == (400, {"error": "files: 21 files, allowed 0..20 (server.max_files)"})
+
+
+def test_a_file_and_arguments_over_http(daemon):
+    result = daemon.execute(
+        language="python3", source="import sys\nprint(open('in.txt').read().strip(), sys.argv[1:])",
+        files=[{"name": "in.txt", "content": "aGVsbG8=", "encoding": "base64"}],
+        command_line_arguments=["a b", "-c"], cache=False)
+    assert result["status"] == "Accepted", result
+    assert result["stdout"] == "hello ['a b', '-c']\n"

@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from sandboxd.model import JudgeCase, Limits, Result, Status, Submission
+from sandboxd.model import ExtraFile, JudgeCase, Limits, Result, Status, Submission
 from sandboxd.observer import Observer
 from sandboxd.runner import Runner
 from tests.integration.hostile import describe
@@ -174,4 +174,43 @@ async def test_every_language_runs_tests_over_a_read_only_box(runner, registry, 
     tests = [JudgeCase(stdin="19 23\n", expected_output="42\n"),
              JudgeCase(stdin="1 2\n", expected_output="3\n")]
     result = await judge(runner, language, lang.test_program("sum"), tests)
+    assert result.status is Status.ACCEPTED, describe(result)
+
+
+# A header and a data file beside the source, the arguments in argv.
+WITH_FILES_C = r"""
+#include <stdio.h>
+#include "square.h"
+int main(int argc, char **argv) {
+    FILE *f = fopen("data.bin", "rb");
+    int first = f ? fgetc(f) : -1, second = f ? fgetc(f) : -1;
+    long long n;
+    if (scanf("%lld", &n) != 1) return 2;
+    printf("%lld %d %d", square(n), first, second);
+    for (int i = 1; i < argc; i++) printf(" [%s]", argv[i]);
+    printf("\n");
+    return 0;
+}
+"""
+
+
+async def test_files_are_present_for_compile_and_every_run_and_arguments_reach_argv(runner):
+    files = (ExtraFile("square.h", b"static long long square(long long n) { return n * n; }\n"),
+             ExtraFile("data.bin", b"\x00\xff"))
+    arguments = ("-x", "two words", "")
+    result = await judge(runner, "c", WITH_FILES_C,
+                         [JudgeCase(stdin="3", expected_output="9 0 255 [-x] [two words] []\n"),
+                          JudgeCase(stdin="4", expected_output="16 0 255 [-x] [two words] []")],
+                         files=files, command_line_arguments=arguments)
+    assert result.status is Status.ACCEPTED, describe(result)
+    single = Submission(language="c", source=WITH_FILES_C, limits=LIMITS, stdin="5",
+                        files=files, command_line_arguments=arguments)
+    ran = await runner.run(single)
+    assert ran.stdout == "25 0 255 [-x] [two words] []\n", describe(ran)
+
+
+async def test_python_imports_a_module_given_as_a_file(runner):
+    result = await judge(runner, "python3", "import helper\nprint(helper.twice(int(input())))",
+                         [JudgeCase(stdin="21", expected_output="42")],
+                         files=(ExtraFile("helper.py", b"def twice(n):\n    return 2 * n\n"),))
     assert result.status is Status.ACCEPTED, describe(result)

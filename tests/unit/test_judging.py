@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sandboxd.codec import from_plain, to_plain
-from sandboxd.model import CHECKERS, JudgeCase, Limits, Submission
+from sandboxd.model import CHECKERS, ExtraFile, JudgeCase, Limits, Submission
 from sandboxd.outputs import check_output, shortest_match_size
 from tests.unit.test_api import Env, new_env, post
 
@@ -180,3 +180,68 @@ async def test_batch_members_name_their_test(env: Env) -> None:
     status, answer = await post(env, body, "/execute/batch")
     assert (status, answer) == (400, {"error": "submissions[1].tests[1].stdin: must be a "
                                                "string, not a number"})
+
+
+# -- files and command_line_arguments ----------------------------------------------------------
+
+
+@pytest.fixture
+async def files_env(aiohttp_client: Any) -> AsyncIterator[Env]:
+    yield await new_env(aiohttp_client, max_files=2, max_source_bytes=40)
+
+
+async def test_files_and_arguments_are_passed(files_env: Env) -> None:
+    body = {**BASE, "files": [{"name": "data.txt", "content": "1 2\n"},
+                              {"name": "blob.bin", "content": "AAH/", "encoding": "base64"}],
+            "command_line_arguments": ["-n", "3", ""]}
+    status, answer = await post(files_env, body)
+    assert status == 202, answer
+    [submission] = files_env.service.submitted
+    assert submission.files == (ExtraFile("data.txt", b"1 2\n"),
+                                ExtraFile("blob.bin", b"\x00\x01\xff"))
+    assert submission.command_line_arguments == ("-n", "3", "")
+
+
+NOT_PLAIN = ("is not a plain file name: 1-128 of A-Z a-z 0-9 . _ + -, not starting with a "
+             "dot (no directories, no absolute paths, no '..')")
+
+
+@pytest.mark.parametrize(("extra", "error", "code"), [
+    ({"files": [{"name": "../x", "content": ""}]}, f"files[0].name: '../x' {NOT_PLAIN}", 400),
+    ({"files": [{"name": "/etc/passwd", "content": ""}]},
+     f"files[0].name: '/etc/passwd' {NOT_PLAIN}", 400),
+    ({"files": [{"name": "a/b", "content": ""}]}, f"files[0].name: 'a/b' {NOT_PLAIN}", 400),
+    ({"files": [{"name": "..", "content": ""}]}, f"files[0].name: '..' {NOT_PLAIN}", 400),
+    ({"files": [{"name": ".hidden", "content": ""}]},
+     f"files[0].name: '.hidden' {NOT_PLAIN}", 400),
+    ({"files": [{"name": "", "content": ""}]}, f"files[0].name: '' {NOT_PLAIN}", 400),
+    ({"files": [{"name": "a", "content": ""}] * 3}, "files: 3 files, allowed 0..2 "
+                                                    "(server.max_files)", 400),
+    ({"files": [{"name": "a", "content": ""}, {"name": "a", "content": ""}]},
+     "files[1].name: 'a' is given twice: names must be unique", 400),
+    ({"files": {"a": ""}}, "files: must be an array, not an object", 400),
+    ({"files": ["a"]}, "files[0]: must be a JSON object, not a string", 400),
+    ({"files": [{"name": "a"}]}, "files[0]: missing required field(s): content", 400),
+    ({"files": [{"name": "a", "content": "", "mode": 7}]},
+     "files[0]: unknown field(s): mode (a file has name, content, encoding)", 400),
+    ({"files": [{"name": "a", "content": "!!", "encoding": "base64"}]},
+     "files[0].content: is not valid base64", 400),
+    ({"files": [{"name": "a", "content": "", "encoding": "hex"}]},
+     "files[0].encoding: must be one of utf8, base64, not 'hex'", 400),
+    ({"files": [{"name": "a", "content": "x" * 30}]},
+     "files: source, files and command_line_arguments are 44 bytes together, over the "
+     "maximum of 40 bytes (server.max_source_bytes)", 413),
+    ({"command_line_arguments": "-v"},
+     "command_line_arguments: must be an array of strings (argv items), not a string", 400),
+    ({"command_line_arguments": ["-v", 1]},
+     "command_line_arguments[1]: must be a string, not a number", 400),
+    ({"command_line_arguments": ["a\0b"]},
+     "command_line_arguments[0]: must not contain a NUL character", 400),
+    ({"command_line_arguments": ["x"] * 65}, "command_line_arguments: 65 items, allowed 0..64",
+     400),
+])
+async def test_files_and_arguments_refused(files_env: Env, extra: dict[str, Any], error: str,
+                                           code: int) -> None:
+    status, answer = await post(files_env, {**BASE, **extra})
+    assert (status, answer) == (code, {"error": error})
+    assert files_env.service.submitted == []
