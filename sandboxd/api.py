@@ -27,6 +27,7 @@ from sandboxd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sandboxd.metrics import Metrics
 from sandboxd.model import (
     CHECKERS,
+    CUSTOM_CHECKER,
     DEFAULT_CHECKER,
     DEFAULT_CHECKER_EPSILON,
     ExtraFile,
@@ -47,8 +48,6 @@ RETRY_AFTER_S = 1
 # Fields of the contract whose features are not built yet: accepted by name, refused.
 LATER_FIELDS = frozenset(
     {
-        "checker_source",
-        "checker_language",
         "interactor_source",
         "interactor_language",
         "compiler_options",
@@ -56,8 +55,8 @@ LATER_FIELDS = frozenset(
 )
 REQUIRED_FIELDS = ("language", "source")
 LIMIT_FIELDS = ("time_limit_ms", "wall_time_limit_ms", "memory_limit_mb")
-JUDGING_FIELDS = ("tests", "stop_on_first_failure", "checker", "checker_epsilon", "files",
-                  "command_line_arguments")
+JUDGING_FIELDS = ("tests", "stop_on_first_failure", "checker", "checker_epsilon",
+                  "checker_source", "checker_language", "files", "command_line_arguments")
 KNOWN_FIELDS = frozenset(
     {*REQUIRED_FIELDS, "stdin", "expected_output", *LIMIT_FIELDS, "callback_url", "cache",
      *JUDGING_FIELDS})
@@ -227,20 +226,23 @@ class SubmissionParser:
         _check_size("source", source, config.server.max_source_bytes, "server.max_source_bytes")
         files = self._files(data, language)
         arguments = _arguments(data, "command_line_arguments")
+        checker = self._checker(data)
+        checker_source, checker_language = self._checker_program(data)
         program_bytes = (utf8_size(source) + sum(len(f.content) for f in files)
-                         + sum(utf8_size(a) for a in arguments))
-        if program_bytes > config.server.max_source_bytes and (files or arguments):
-            raise FieldError(413, "files", f"source, files and command_line_arguments are "
-                                           f"{program_bytes} bytes together, over the maximum "
-                                           f"of {config.server.max_source_bytes} bytes "
-                                           "(server.max_source_bytes)")
+                         + sum(utf8_size(a) for a in arguments)
+                         + utf8_size(checker_source or ""))
+        if program_bytes > config.server.max_source_bytes and (
+                files or arguments or checker_source):
+            raise FieldError(413, "files" if files or arguments else "checker_source",
+                             f"source, files, command_line_arguments and checker_source are "
+                             f"{program_bytes} bytes together, over the maximum of "
+                             f"{config.server.max_source_bytes} bytes (server.max_source_bytes)")
         stdin = _string(data, "stdin", default="")
         _check_size("stdin", stdin, config.server.max_stdin_bytes, "server.max_stdin_bytes")
         expected = data.get("expected_output")
         if expected is not None and not isinstance(expected, str):
             raise FieldError(400, "expected_output",
                              f"must be a string or null, not {_json_type(expected)}")
-        checker = self._checker(data)
         if expected is not None:
             _check_expected_output("expected_output", expected, checker,
                                    config.sandbox.output_limit_bytes)
@@ -264,6 +266,8 @@ class SubmissionParser:
             stop_on_first_failure=_boolean(data, "stop_on_first_failure", default=True),
             checker=checker,
             checker_epsilon=self._checker_epsilon(data),
+            checker_source=checker_source,
+            checker_language=checker_language,
             files=files,
             command_line_arguments=arguments,
         )
@@ -303,10 +307,23 @@ class SubmissionParser:
         checker = data.get("checker", DEFAULT_CHECKER)
         if not isinstance(checker, str):
             raise FieldError(400, "checker", f"must be a string, not {_json_type(checker)}")
-        if checker not in CHECKERS:
+        if checker not in (*CHECKERS, CUSTOM_CHECKER):
             raise FieldError(400, "checker", f"unknown checker {checker[:40]!r}; known: "
-                                             f"{', '.join(CHECKERS)}")
+                                             f"{', '.join((*CHECKERS, CUSTOM_CHECKER))}")
+        custom = checker == CUSTOM_CHECKER
+        for name in ("checker_source", "checker_language"):
+            if custom and name not in data:
+                raise FieldError(400, name, 'required with "checker": "custom"')
+            if not custom and name in data:
+                raise FieldError(400, name, 'only applies with "checker": "custom"')
         return checker
+
+    def _checker_program(self, data: dict[str, Any]) -> tuple[str | None, str | None]:
+        if data.get("checker") != CUSTOM_CHECKER:
+            return None, None
+        source = _string(data, "checker_source")
+        language = self._language(data, "checker_language")
+        return source, language
 
     def _checker_epsilon(self, data: dict[str, Any]) -> float:
         epsilon = data.get("checker_epsilon", DEFAULT_CHECKER_EPSILON)
@@ -400,17 +417,17 @@ class SubmissionParser:
                 raise e.within(f"submissions[{index}]") from None
         return submissions
 
-    def _language(self, data: dict[str, Any]) -> str:
-        language = _string(data, "language")
+    def _language(self, data: dict[str, Any], field: str = "language") -> str:
+        language = _string(data, field)
         if language not in self._languages:
             known = ", ".join(sorted(str(d.get("id")) for d in
                                      self._languages.describe(self._config)))
-            raise FieldError(400, "language",
+            raise FieldError(400, field,
                              f"unknown language {language[:100]!r}; known languages: {known}")
         unavailable = self._languages.unavailable_reason(language)
         if unavailable is not None:
-            raise FieldError(400, "language", f"{language!r} is unavailable on this server: "
-                                              f"{unavailable}")
+            raise FieldError(400, field, f"{language!r} is unavailable on this server: "
+                                         f"{unavailable}")
         return language
 
     def _callback_url(self, data: dict[str, Any]) -> str | None:

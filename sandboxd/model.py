@@ -42,6 +42,8 @@ def utf8_size(text: str) -> int:
 
 
 CHECKERS = ("exact", "lines", "tokens", "float", "unordered-lines")
+# A program of the client's, run in its own box, decides (runner.py).
+CUSTOM_CHECKER = "custom"
 DEFAULT_CHECKER = "lines"
 DEFAULT_CHECKER_EPSILON = 1e-6
 
@@ -84,6 +86,9 @@ class Submission:
     # How stdout is compared with an expected output (outputs.py).
     checker: str = DEFAULT_CHECKER
     checker_epsilon: float = DEFAULT_CHECKER_EPSILON
+    # With checker "custom": the checker program and its language.
+    checker_source: str | None = None
+    checker_language: str | None = None
     files: tuple[ExtraFile, ...] = ()
     # Appended to the language's run command (argv items, never a shell string).
     command_line_arguments: tuple[str, ...] = ()
@@ -93,6 +98,7 @@ class Submission:
         every test), as UTF-8 (the unit of the API's limits and of the queue's budget)."""
         expected = self.expected_output or ""
         size = utf8_size(self.source) + utf8_size(self.stdin) + utf8_size(expected)
+        size += utf8_size(self.checker_source or "")
         size += sum(len(f.content) for f in self.files)
         size += sum(utf8_size(a) for a in self.command_line_arguments)
         for case in self.tests or ():

@@ -446,8 +446,6 @@ async def test_later_fields_are_all_named_at_once(env: Env) -> None:
 
 async def test_later_fields_spec_list() -> None:
     assert LATER_FIELDS == {
-        "checker_source",
-        "checker_language",
         "interactor_source",
         "interactor_language",
         "compiler_options",

@@ -28,6 +28,8 @@ VARIANTS: dict[str, Any] = {
     "stop_on_first_failure": False,
     "checker": "tokens",
     "checker_epsilon": 1e-3,
+    "checker_source": "import sys",
+    "checker_language": "python3",
     "files": (ExtraFile(name="data.txt", content=b"1"),),
     "command_line_arguments": ("-v",),
 }

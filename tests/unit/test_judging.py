@@ -148,8 +148,18 @@ async def test_defaults_without_judging_fields(env: Env) -> None:
     ({"tests": [{}], "stop_on_first_failure": 0},
      "stop_on_first_failure: must be true or false, not a number", 400),
     ({"checker": "regex"},
-     "checker: unknown checker 'regex'; known: exact, lines, tokens, float, unordered-lines",
-     400),
+     "checker: unknown checker 'regex'; known: exact, lines, tokens, float, unordered-lines, "
+     "custom", 400),
+    ({"checker": "custom", "checker_language": "python3"},
+     'checker_source: required with "checker": "custom"', 400),
+    ({"checker": "custom", "checker_source": "x"},
+     'checker_language: required with "checker": "custom"', 400),
+    ({"checker_source": "x", "checker_language": "python3"},
+     'checker_source: only applies with "checker": "custom"', 400),
+    ({"checker": "custom", "checker_source": 1, "checker_language": "python3"},
+     "checker_source: must be a string, not a number", 400),
+    ({"checker": "custom", "checker_source": "x", "checker_language": "cobol"},
+     "checker_language: unknown language 'cobol'; known languages: c, python3", 400),
     ({"checker": None}, "checker: must be a string, not null", 400),
     ({"checker": "float", "checker_epsilon": "0.1"},
      "checker_epsilon: must be a number, not a string", 400),
@@ -229,8 +239,8 @@ NOT_PLAIN = ("is not a plain file name: 1-128 of A-Z a-z 0-9 . _ + -, not starti
     ({"files": [{"name": "a", "content": "", "encoding": "hex"}]},
      "files[0].encoding: must be one of utf8, base64, not 'hex'", 400),
     ({"files": [{"name": "a", "content": "x" * 30}]},
-     "files: source, files and command_line_arguments are 44 bytes together, over the "
-     "maximum of 40 bytes (server.max_source_bytes)", 413),
+     "files: source, files, command_line_arguments and checker_source are 44 bytes together, "
+     "over the maximum of 40 bytes (server.max_source_bytes)", 413),
     ({"command_line_arguments": "-v"},
      "command_line_arguments: must be an array of strings (argv items), not a string", 400),
     ({"command_line_arguments": ["-v", 1]},
@@ -245,3 +255,21 @@ async def test_files_and_arguments_refused(files_env: Env, extra: dict[str, Any]
     status, answer = await post(files_env, {**BASE, **extra})
     assert (status, answer) == (code, {"error": error})
     assert files_env.service.submitted == []
+
+
+async def test_custom_checker_fields_are_passed(env: Env) -> None:
+    body = {**BASE, "tests": [{"stdin": "1", "expected_output": "1"}], "checker": "custom",
+            "checker_source": "import sys", "checker_language": "c"}
+    assert (await post(env, body))[0] == 202
+    [submission] = env.service.submitted
+    assert (submission.checker, submission.checker_source, submission.checker_language) == (
+        "custom", "import sys", "c")
+
+
+async def test_checker_source_counts_with_the_source(files_env: Env) -> None:
+    status, answer = await post(files_env, {**BASE, "checker": "custom",
+                                            "checker_source": "x" * 30,
+                                            "checker_language": "python3"})
+    assert (status, answer) == (413, {"error": (
+        "checker_source: source, files, command_line_arguments and checker_source are 44 "
+        "bytes together, over the maximum of 40 bytes (server.max_source_bytes)")})
