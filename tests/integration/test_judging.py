@@ -214,3 +214,93 @@ async def test_python_imports_a_module_given_as_a_file(runner):
                          [JudgeCase(stdin="21", expected_output="42")],
                          files=(ExtraFile("helper.py", b"def twice(n):\n    return 2 * n\n"),))
     assert result.status is Status.ACCEPTED, describe(result)
+
+
+# -- custom checkers ---------------------------------------------------------------------------
+
+# Accepts any pair of factors of the input number, greater than 1; says why not otherwise.
+FACTORS_CHECKER_PY = """
+import sys
+n = int(open(sys.argv[1]).read())
+words = open(sys.argv[2]).read().split()
+expected = open(sys.argv[3]).read().strip()
+try:
+    a, b = map(int, words)
+except ValueError:
+    print("not two integers")
+    sys.exit(1)
+if a > 1 and b > 1 and a * b == n:
+    print("ok, expected was", expected)
+    sys.exit(0)
+print(f"{a} * {b} != {n}")
+sys.exit(1)
+"""
+
+# Prints the smallest factor pair, or for 35 a wrong one.
+FACTORS_C = r"""
+#include <stdio.h>
+int main(void) {
+    long n; scanf("%ld", &n);
+    if (n == 35) { printf("5 8\n"); return 0; }
+    for (long d = 2; d * d <= n; d++) if (n % d == 0) { printf("%ld %ld\n", d, n / d); return 0; }
+    return 1;
+}
+"""
+
+
+def custom(checker: str = FACTORS_CHECKER_PY, language: str = "python3") -> dict[str, object]:
+    return {"checker": "custom", "checker_source": checker, "checker_language": language}
+
+
+async def test_a_python_custom_checker_judges_a_c_solution(runner):
+    tests = [JudgeCase(stdin="12", expected_output="3 4"),
+             JudgeCase(stdin="35", expected_output="5 7"),
+             JudgeCase(stdin="77", expected_output="7 11")]
+    result = await judge(runner, "c", FACTORS_C, tests, stop_on_first_failure=False,
+                         **custom())
+    assert result.status is Status.WRONG_ANSWER, describe(result)
+    entries = result.extra["tests"]
+    assert [e["status"] for e in entries] == ["Accepted", "Wrong Answer", "Accepted"]
+    # The checker's stdout is its message; it saw the input, the output and the answer.
+    assert entries[0]["checker_message"] == "ok, expected was 3 4\n"
+    assert entries[1]["checker_message"] == "5 * 8 != 35\n"
+    assert entries[0]["stdout"] == "2 6\n"  # another answer than expected, accepted
+
+
+async def test_a_custom_checker_on_a_single_run(runner):
+    submission = Submission(language="c", source=FACTORS_C, limits=LIMITS, stdin="15",
+                            expected_output="3 5", **custom())  # type: ignore[arg-type]
+    result = await runner.run(submission)
+    assert result.status is Status.ACCEPTED, describe(result)
+    assert result.extra["checker_message"] == "ok, expected was 3 5\n"
+
+
+async def test_the_checker_runs_only_after_a_clean_run(runner):
+    result = await judge(runner, "c", FACTORS_C, [JudgeCase(stdin="13")], **custom())
+    assert result.status is Status.RUNTIME_ERROR, describe(result)  # 13 is prime: exit 1
+
+
+@pytest.mark.parametrize(("checker", "language", "why"), [
+    ("import sys\nraise SystemExit(3)\n", "python3", "Runtime Error (exit code 3"),
+    ("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n", "python3",
+     "Runtime Error (exit code None, signal 9"),
+    ("while True: pass\n", "python3", "Time Limit Exceeded"),
+])
+async def test_a_checker_that_fails_is_an_internal_error_not_a_verdict(runner, checker,
+                                                                      language, why):
+    result = await judge(runner, "c", FACTORS_C, [JudgeCase(stdin="12")],
+                         **custom(checker, language))
+    assert result.status is Status.INTERNAL_ERROR, describe(result)
+    assert result.message is not None and result.message.startswith(
+        f"the custom checker failed: {why}"), result.message
+
+
+async def test_a_checker_that_does_not_compile_fails_before_any_run(counted):
+    runner, counter = counted
+    result = await judge(runner, "c", FACTORS_C, [JudgeCase(stdin="12"), JudgeCase(stdin="6")],
+                         **custom("int main(void) { return 0 }", "c"))
+    assert result.status is Status.INTERNAL_ERROR, describe(result)
+    assert result.message is not None
+    assert result.message.startswith("the custom checker did not compile: Compile Error")
+    assert [e["status"] for e in result.extra["tests"]] == ["Skipped", "Skipped"]
+    assert counter.runs == []
