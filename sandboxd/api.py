@@ -50,13 +50,13 @@ LATER_FIELDS = frozenset(
     {
         "interactor_source",
         "interactor_language",
-        "compiler_options",
     }
 )
 REQUIRED_FIELDS = ("language", "source")
 LIMIT_FIELDS = ("time_limit_ms", "wall_time_limit_ms", "memory_limit_mb")
 JUDGING_FIELDS = ("tests", "stop_on_first_failure", "checker", "checker_epsilon",
-                  "checker_source", "checker_language", "files", "command_line_arguments")
+                  "checker_source", "checker_language", "files", "command_line_arguments",
+                  "compiler_options")
 KNOWN_FIELDS = frozenset(
     {*REQUIRED_FIELDS, "stdin", "expected_output", *LIMIT_FIELDS, "callback_url", "cache",
      *JUDGING_FIELDS})
@@ -66,6 +66,21 @@ FILE_ENCODINGS = ("utf8", "base64")
 # A plain file name: no directory part, no "." or "..", no leading dot (nothing hidden),
 # no characters a shell or a compiler's command line would read specially.
 FILE_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}")
+# compiler_options: only for these compilers, and only options that change how the
+# program is compiled, never what the compiler reads or runs: no -fplugin, -specs,
+# -wrapper, -B, -I/-L, -Wl,/-Wa,/-Wp, (linker, assembler, preprocessor flags), -o, -x
+# or @file (options read from a file).
+OPTION_COMPILERS = frozenset({"gcc", "g++", "clang", "clang++"})
+COMPILER_OPTION = re.compile("|".join((
+    r"-O[0-3sgz]?|-Ofast",
+    r"-std=(?:c|gnu|c\+\+|gnu\+\+)(?:89|90|99|11|14|17|18|20|23|2a|2b|2x|2c)",
+    r"-W(?:no-)?(?!l$|a$|p$)[a-z][a-z0-9-]*",
+    r"-pedantic(?:-errors)?|-w|-g[0-3]?|-pthread|-march=native|-mtune=native",
+    r"-D[A-Za-z_][A-Za-z0-9_]*(?:=[A-Za-z0-9_.+-]*)?|-U[A-Za-z_][A-Za-z0-9_]*",
+    r"-l(?:m|pthread|rt|stdc\+\+)",
+    r"-f(?:no-)?(?:exceptions|rtti|strict-aliasing|omit-frame-pointer|unroll-loops"
+    r"|fast-math|wrapv|trapv|stack-protector|stack-protector-strong|inline)",
+)))
 MAX_ARGUMENTS = 64
 MAX_ARGUMENT_LENGTH = 4096
 # checker_epsilon: a tolerance, not a way to accept anything (1.0 already accepts 0 for 1).
@@ -226,13 +241,14 @@ class SubmissionParser:
         _check_size("source", source, config.server.max_source_bytes, "server.max_source_bytes")
         files = self._files(data, language)
         arguments = _arguments(data, "command_line_arguments")
+        compiler_options = self._compiler_options(data, language)
         checker = self._checker(data)
         checker_source, checker_language = self._checker_program(data)
         program_bytes = (utf8_size(source) + sum(len(f.content) for f in files)
-                         + sum(utf8_size(a) for a in arguments)
+                         + sum(utf8_size(a) for a in (*arguments, *compiler_options))
                          + utf8_size(checker_source or ""))
         if program_bytes > config.server.max_source_bytes and (
-                files or arguments or checker_source):
+                files or arguments or compiler_options or checker_source):
             raise FieldError(413, "files" if files or arguments else "checker_source",
                              f"source, files, command_line_arguments and checker_source are "
                              f"{program_bytes} bytes together, over the maximum of "
@@ -269,6 +285,7 @@ class SubmissionParser:
             checker_source=checker_source,
             checker_language=checker_language,
             files=files,
+            compiler_options=compiler_options,
             command_line_arguments=arguments,
         )
 
@@ -296,12 +313,34 @@ class SubmissionParser:
             files.append(extra)
         return tuple(files)
 
+    def _compiler_options(self, data: dict[str, Any], language: str) -> tuple[str, ...]:
+        options = _arguments(data, "compiler_options")
+        if not options:
+            return options
+        command = self._described(language).get("compile_command")
+        compiler = command[0].rsplit("/", 1)[-1] if isinstance(command, list) and command else ""
+        if compiler not in OPTION_COMPILERS:
+            raise FieldError(400, "compiler_options", f"not supported for {language!r} (only "
+                                                      "for languages compiled by gcc or clang)")
+        for index, option in enumerate(options):
+            if not COMPILER_OPTION.fullmatch(option):
+                raise FieldError(400, f"compiler_options[{index}]",
+                                 f"{option[:100]!r} is not an allowed option: optimization "
+                                 "(-O..), -std=, warnings (-W...), -g, -D/-U macros, -l of "
+                                 "m/pthread/rt/stdc++, -pthread, -march=native and a few "
+                                 "code generation -f flags; never options that make the "
+                                 "compiler read or run other files")
+        return options
+
     def _source_file(self, language: str) -> str | None:
+        name = self._described(language).get("source_file")
+        return name if isinstance(name, str) else None
+
+    def _described(self, language: str) -> dict[str, Any]:
         for entry in self._languages.describe(self._config):
             if entry.get("id") == language:
-                name = entry.get("source_file")
-                return name if isinstance(name, str) else None
-        return None
+                return entry
+        return {}
 
     def _checker(self, data: dict[str, Any]) -> str:
         checker = data.get("checker", DEFAULT_CHECKER)

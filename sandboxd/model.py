@@ -90,6 +90,8 @@ class Submission:
     checker_source: str | None = None
     checker_language: str | None = None
     files: tuple[ExtraFile, ...] = ()
+    # Appended to the language's compile command (argv items on the API's allow-list).
+    compiler_options: tuple[str, ...] = ()
     # Appended to the language's run command (argv items, never a shell string).
     command_line_arguments: tuple[str, ...] = ()
 
@@ -101,6 +103,7 @@ class Submission:
         size += utf8_size(self.checker_source or "")
         size += sum(len(f.content) for f in self.files)
         size += sum(utf8_size(a) for a in self.command_line_arguments)
+        size += sum(utf8_size(a) for a in self.compiler_options)
         for case in self.tests or ():
             size += utf8_size(case.stdin) + utf8_size(case.expected_output or "")
         return size

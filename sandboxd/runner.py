@@ -129,7 +129,8 @@ class Runner:
                 workspace.write_file(lang.source, submission.source.removeprefix(BOM).encode())
                 for extra in submission.files:  # names checked by the API (api.py)
                     workspace.write_file(extra.name, extra.content)
-                compiled = await self._compile(lang, slot, workspace)
+                compiled = await self._compile(lang, slot, workspace,
+                                               submission.compiler_options)
                 if compiled is not None:
                     verdict = decided_by_compile(compiled)
                     if verdict is not None:
@@ -146,15 +147,17 @@ class Runner:
                 for workspace in workspaces:
                     workspace.destroy()
 
-    async def _compile(self, lang: Language, slot: int,
-                       workspace: Workspace) -> JailOutcome | None:
-        """The language's compile step (or syntax check) in `workspace`; None if it has none."""
+    async def _compile(self, lang: Language, slot: int, workspace: Workspace,
+                       options: tuple[str, ...] = ()) -> JailOutcome | None:
+        """The language's compile step (or syntax check) in `workspace`, `options` at the
+        end (so they override the defaults, and libraries come after the sources); None
+        if it has none."""
         compile_step = lang.compile_step
         if compile_step is None:
             return None
         started = time.monotonic()
         compiled = await self.sandbox.run(self._spec(
-            lang, lang.argv(compile_step, StepSizes.compile(self.config, lang)),
+            lang, lang.argv(compile_step, StepSizes.compile(self.config, lang)) + options,
             self._compile_limits(lang), slot, workspace.binds_for_next_step(),
             merge_stderr=True))
         self.observer.compile_step(lang.id, time.monotonic() - started)

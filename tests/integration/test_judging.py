@@ -304,3 +304,23 @@ async def test_a_checker_that_does_not_compile_fails_before_any_run(counted):
     assert result.message.startswith("the custom checker did not compile: Compile Error")
     assert [e["status"] for e in result.extra["tests"]] == ["Skipped", "Skipped"]
     assert counter.runs == []
+
+
+# -- compiler_options ------------------------------------------------------------------------------
+
+MACRO_C = r"""
+#include <stdio.h>
+int main(void) { int unused; printf("%d\n", ANSWER); return 0; }
+"""
+
+
+async def test_compiler_options_reach_the_compiler_after_its_defaults(runner):
+    ok = Submission(language="c", source=MACRO_C, limits=LIMITS,
+                    compiler_options=("-DANSWER=42", "-O0", "-lm"))
+    result = await runner.run(ok)
+    assert (result.status, result.stdout) == (Status.ACCEPTED, "42\n"), describe(result)
+    # -Werror after the default -Wall: the unused variable is now an error.
+    strict = dataclasses.replace(ok, compiler_options=("-DANSWER=1", "-Werror"))
+    result = await runner.run(strict)
+    assert result.status is Status.COMPILE_ERROR, describe(result)
+    assert "unused" in result.compile_output

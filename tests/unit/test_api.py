@@ -439,16 +439,15 @@ async def test_later_fields_not_supported_yet(env: Env, field: str) -> None:
 
 
 async def test_later_fields_are_all_named_at_once(env: Env) -> None:
-    status, body = await post(env, {**GOOD, "compiler_options": [], "interactor_source": ""})
+    status, body = await post(env, {**GOOD, "interactor_language": "", "interactor_source": ""})
     assert (status, body["error"]) == (
-        400, "compiler_options, interactor_source: not supported yet")
+        400, "interactor_language, interactor_source: not supported yet")
 
 
 async def test_later_fields_spec_list() -> None:
     assert LATER_FIELDS == {
         "interactor_source",
         "interactor_language",
-        "compiler_options",
     }
 
 

@@ -273,3 +273,53 @@ async def test_checker_source_counts_with_the_source(files_env: Env) -> None:
     assert (status, answer) == (413, {"error": (
         "checker_source: source, files, command_line_arguments and checker_source are 44 "
         "bytes together, over the maximum of 40 bytes (server.max_source_bytes)")})
+
+
+# -- compiler_options ----------------------------------------------------------------------------
+
+GCC = {"id": "c", "name": "C", "compiled": True, "source_file": "main.c",
+       "compile_command": ["/usr/bin/gcc", "-O2", "-o", "main", "main.c"]}
+PYTHON = {"id": "python3", "name": "Python", "compiled": False, "source_file": "main.py",
+          "compile_command": ["/usr/bin/python3", "-c", "..."]}
+
+
+@pytest.fixture
+def gcc_env(env: Env) -> Env:
+    env.catalog._languages = [GCC, PYTHON]
+    return env
+
+
+ALLOWED = ["-O0", "-O3", "-Ofast", "-std=c11", "-std=gnu++20", "-Wall", "-Wextra", "-Werror",
+           "-Wno-unused-result", "-w", "-pedantic-errors", "-g", "-DLOCAL", "-DN=100",
+           "-UNDEBUG", "-lm", "-lstdc++", "-pthread", "-march=native", "-fno-exceptions",
+           "-funroll-loops"]
+# Each makes the compiler read, load or run something the request chose, or write
+# elsewhere.
+REFUSED = ["-fplugin=/tmp/evil.so", "-specs=/tmp/specs", "-wrapper", "gdb,--args", "-B/tmp",
+           "-I/etc", "-L/tmp", "-Wl,-rpath,/tmp", "-Wl", "-Wa,-adhln", "-Wp,-MD,/box/x",
+           "-o", "/box/main", "-xc", "@/tmp/options", "-include/etc/passwd", "--sysroot=/tmp",
+           "-fopenmp", "-lfoo", "-DX=$(id)", "-O2 -fplugin=x", "-save-temps", "-E", ""]
+
+
+async def test_allowed_compiler_options_are_passed(gcc_env: Env) -> None:
+    status, answer = await post(gcc_env, {"language": "c", "source": "x",
+                                          "compiler_options": ALLOWED})
+    assert status == 202, answer
+    assert gcc_env.service.submitted[0].compiler_options == tuple(ALLOWED)
+
+
+@pytest.mark.parametrize("option", REFUSED)
+async def test_dangerous_compiler_options_are_refused(gcc_env: Env, option: str) -> None:
+    status, answer = await post(gcc_env, {"language": "c", "source": "x",
+                                          "compiler_options": ["-O2", option]})
+    assert status == 400
+    assert answer["error"].startswith(f"compiler_options[1]: {option!r} is not an allowed "
+                                      "option"), answer
+
+
+async def test_compiler_options_only_for_gcc_and_clang(gcc_env: Env) -> None:
+    status, answer = await post(gcc_env, {**BASE, "compiler_options": ["-O2"]})
+    assert (status, answer) == (400, {"error": "compiler_options: not supported for 'python3' "
+                                               "(only for languages compiled by gcc or "
+                                               "clang)"})
+    assert (await post(gcc_env, {**BASE, "compiler_options": []}))[0] == 202
