@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 DATA_LIMIT_MARGIN_BYTES = 256 * MIB  # thread stacks (8 MiB each) count as data too
 
+TESTS_OUTPUT_BUDGET_CHARS = 4 * MIB
+
 # A test not run: an earlier one failed (stop_on_first_failure) or the compile did.
 SKIPPED = "Skipped"
 SKIPPED_TEST: dict[str, Any] = {
@@ -57,6 +59,20 @@ def _test_entry(result: Result) -> dict[str, Any]:
             entry[name] = value
     entry.update(result.extra)  # the custom checker's message
     return entry
+
+
+def _trim_output(entry: dict[str, Any], budget: int) -> int:
+    """Cut the entry's stdout and stderr to what is left of `budget` (marking the entry
+    `output_truncated`); the characters kept."""
+    kept = 0
+    for name in ("stdout", "stderr"):
+        text = entry[name]
+        room = max(budget - kept, 0)
+        if len(text) > room:
+            entry[name] = text[:room]
+            entry["output_truncated"] = True
+        kept += len(entry[name])
+    return kept
 
 
 def _with_skipped_tests(result: Result, submission: Submission) -> Result:
@@ -252,6 +268,9 @@ class Runner:
         for the next one."""
         program = Bind(str(workspace.path / "box"), "/box", writable=False)
         entries: list[dict[str, Any]] = []
+        # 100 tests may each print up to the output limit: the result keeps at most this
+        # much of their stdout and stderr together (the verdicts saw all of it).
+        output_budget = TESTS_OUTPUT_BUDGET_CHARS
         deciding: Result | None = None  # the first test that is not Accepted
         last: Result | None = None
         for case in tests:
@@ -272,7 +291,9 @@ class Runner:
                 scratch.destroy()
             last = await self._judge(lang, submission, compiled, ran, case.stdin,
                                      case.expected_output, slot, checker)
-            entries.append(_test_entry(last))
+            entry = _test_entry(last)
+            output_budget -= _trim_output(entry, output_budget)
+            entries.append(entry)
             if deciding is None and last.status is not Status.ACCEPTED:
                 deciding = last
         overall = deciding or last

@@ -324,3 +324,19 @@ async def test_compiler_options_reach_the_compiler_after_its_defaults(runner):
     result = await runner.run(strict)
     assert result.status is Status.COMPILE_ERROR, describe(result)
     assert "unused" in result.compile_output
+
+
+async def test_per_test_output_kept_in_the_result_is_bounded(runner, monkeypatch):
+    from sandboxd import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "TESTS_OUTPUT_BUDGET_CHARS", 10)
+    source = "import sys\nprint(input() * 4)\nprint('e', file=sys.stderr)"
+    tests = [JudgeCase(stdin="ab", expected_output="abababab"),
+             JudgeCase(stdin="cd", expected_output="cdcdcdcd"),
+             JudgeCase(stdin="ef", expected_output="efefefef")]
+    result = await judge(runner, "python3", source, tests)
+    # Every verdict saw the whole output; the result keeps the first 10 characters.
+    assert result.status is Status.ACCEPTED, describe(result)
+    entries = result.extra["tests"]
+    assert [(e["stdout"], e["stderr"], e.get("output_truncated")) for e in entries] == [
+        ("abababab\n", "e", True), ("", "", True), ("", "", True)]
