@@ -4,6 +4,11 @@ Both steps of a submission share one box slot (so one host uid) and one
 workspace tmpfs: the compile box writes its binary into /box and the run box
 finds it there. The daemon itself never reads what a box wrote (workspace.py).
 
+With `tests`, the program is compiled once and each test runs in a fresh box over
+a fresh tmpfs of its own (/tmp, /dev/shm), the compiled /box bound read-only; a custom
+checker is compiled once into a workspace of its own and runs the same way, its three
+files written by the daemon into the new /tmp before the box starts.
+
 The compile step is the language's compiler, or for an interpreted language its
 syntax check (languages.toml `check`): either way a source that does not parse is a
 Compile Error with the tool's message.

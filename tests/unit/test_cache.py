@@ -32,6 +32,7 @@ VARIANTS: dict[str, Any] = {
     "checker_language": "python3",
     "files": (ExtraFile(name="data.txt", content=b"1"),),
     "command_line_arguments": ("-v",),
+    "compiler_options": ("-O0",),
 }
 LIMIT_VARIANTS: dict[str, int] = {
     "time_limit_ms": 999,
