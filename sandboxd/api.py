@@ -9,6 +9,8 @@ about a field starts with the field's name (`time_limit_ms: ...`, in a batch
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import logging
@@ -23,8 +25,19 @@ from aiohttp import hdrs, web
 from sandboxd.config import Bound, Config
 from sandboxd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sandboxd.metrics import Metrics
-from sandboxd.model import Limits, Result, Submission, utf8_size
-from sandboxd.outputs import comparable_expected
+from sandboxd.model import (
+    CHECKERS,
+    CUSTOM_CHECKER,
+    DEFAULT_CHECKER,
+    DEFAULT_CHECKER_EPSILON,
+    ExtraFile,
+    JudgeCase,
+    Limits,
+    Result,
+    Submission,
+    utf8_size,
+)
+from sandboxd.outputs import shortest_match_size
 from sandboxd.service import QueueFull, ResultExpired, Stats, Unavailable
 
 log = logging.getLogger(__name__)
@@ -35,22 +48,43 @@ RETRY_AFTER_S = 1
 # Fields of the contract whose features are not built yet: accepted by name, refused.
 LATER_FIELDS = frozenset(
     {
-        "tests",
-        "checker",
-        "checker_epsilon",
-        "checker_source",
-        "checker_language",
         "interactor_source",
         "interactor_language",
-        "files",
-        "compiler_options",
-        "command_line_arguments",
     }
 )
 REQUIRED_FIELDS = ("language", "source")
 LIMIT_FIELDS = ("time_limit_ms", "wall_time_limit_ms", "memory_limit_mb")
+JUDGING_FIELDS = ("tests", "stop_on_first_failure", "checker", "checker_epsilon",
+                  "checker_source", "checker_language", "files", "command_line_arguments",
+                  "compiler_options")
 KNOWN_FIELDS = frozenset(
-    {*REQUIRED_FIELDS, "stdin", "expected_output", *LIMIT_FIELDS, "callback_url", "cache"})
+    {*REQUIRED_FIELDS, "stdin", "expected_output", *LIMIT_FIELDS, "callback_url", "cache",
+     *JUDGING_FIELDS})
+TEST_FIELDS = frozenset({"stdin", "expected_output", "time_limit_ms", "wall_time_limit_ms"})
+FILE_FIELDS = frozenset({"name", "content", "encoding"})
+FILE_ENCODINGS = ("utf8", "base64")
+# A plain file name: no directory part, no "." or "..", no leading dot (nothing hidden),
+# no characters a shell or a compiler's command line would read specially.
+FILE_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}")
+# compiler_options: only for these compilers, and only options that change how the
+# program is compiled, never what the compiler reads or runs: no -fplugin, -specs,
+# -wrapper, -B, -I/-L, -Wl,/-Wa,/-Wp, (linker, assembler, preprocessor flags), -o, -x
+# or @file (options read from a file).
+OPTION_COMPILERS = frozenset({"gcc", "g++", "clang", "clang++"})
+COMPILER_OPTION = re.compile("|".join((
+    r"-O[0-3sgz]?|-Ofast",
+    r"-std=(?:c|gnu|c\+\+|gnu\+\+)(?:89|90|99|11|14|17|18|20|23|2a|2b|2x|2c)",
+    r"-W(?:no-)?(?!l$|a$|p$)[a-z][a-z0-9-]*",
+    r"-pedantic(?:-errors)?|-w|-g[0-3]?|-pthread|-march=native|-mtune=native",
+    r"-D[A-Za-z_][A-Za-z0-9_]*(?:=[A-Za-z0-9_.+-]*)?|-U[A-Za-z_][A-Za-z0-9_]*",
+    r"-l(?:m|pthread|rt|stdc\+\+)",
+    r"-f(?:no-)?(?:exceptions|rtti|strict-aliasing|omit-frame-pointer|unroll-loops"
+    r"|fast-math|wrapv|trapv|stack-protector|stack-protector-strong|inline)",
+)))
+MAX_ARGUMENTS = 64
+MAX_ARGUMENT_LENGTH = 4096
+# checker_epsilon: a tolerance, not a way to accept anything (1.0 already accepts 0 for 1).
+MAX_CHECKER_EPSILON = 1.0
 
 MAX_CALLBACK_URL_LENGTH = 2048
 # What `callback_check` answers when the daemon has no webhook dispatcher configured.
@@ -208,6 +242,20 @@ class SubmissionParser:
         language = self._language(data)
         source = _string(data, "source")
         _check_size("source", source, config.server.max_source_bytes, "server.max_source_bytes")
+        files = self._files(data, language)
+        arguments = _arguments(data, "command_line_arguments")
+        compiler_options = self._compiler_options(data, language)
+        checker = self._checker(data)
+        checker_source, checker_language = self._checker_program(data)
+        program_bytes = (utf8_size(source) + sum(len(f.content) for f in files)
+                         + sum(utf8_size(a) for a in (*arguments, *compiler_options))
+                         + utf8_size(checker_source or ""))
+        if program_bytes > config.server.max_source_bytes and (
+                files or arguments or compiler_options or checker_source):
+            raise FieldError(413, "files" if files or arguments else "checker_source",
+                             f"source, files, command_line_arguments and checker_source are "
+                             f"{program_bytes} bytes together, over the maximum of "
+                             f"{config.server.max_source_bytes} bytes (server.max_source_bytes)")
         stdin = _string(data, "stdin", default="")
         _check_size("stdin", stdin, config.server.max_stdin_bytes, "server.max_stdin_bytes")
         expected = data.get("expected_output")
@@ -215,7 +263,8 @@ class SubmissionParser:
             raise FieldError(400, "expected_output",
                              f"must be a string or null, not {_json_type(expected)}")
         if expected is not None:
-            _check_expected_output(expected, config.sandbox.output_limit_bytes)
+            _check_expected_output("expected_output", expected, checker,
+                                   config.sandbox.output_limit_bytes)
         limits = config.limits
         time_ms = _limit(data, "time_limit_ms", limits.time_limit_ms,
                          limits.time_limit_ms.default)
@@ -232,7 +281,161 @@ class SubmissionParser:
             expected_output=expected,
             callback_url=self._callback_url(data),
             cache=_boolean(data, "cache", default=True),
+            tests=self._tests(data, checker, wall_explicit="wall_time_limit_ms" in data),
+            stop_on_first_failure=_boolean(data, "stop_on_first_failure", default=True),
+            checker=checker,
+            checker_epsilon=self._checker_epsilon(data),
+            checker_source=checker_source,
+            checker_language=checker_language,
+            files=files,
+            compiler_options=compiler_options,
+            command_line_arguments=arguments,
         )
+
+    def _files(self, data: dict[str, Any], language: str) -> tuple[ExtraFile, ...]:
+        items = data.get("files", [])
+        if not isinstance(items, list):
+            raise FieldError(400, "files", f"must be an array, not {_json_type(items)}")
+        maximum = self._config.server.max_files
+        if len(items) > maximum:
+            raise FieldError(400, "files", f"{len(items)} files, allowed 0..{maximum} "
+                                           "(server.max_files)")
+        source_file = self._source_file(language) if items else None
+        files: list[ExtraFile] = []
+        for index, item in enumerate(items):
+            try:
+                extra = _extra_file(item)
+            except FieldError as e:
+                raise e.within(f"files[{index}]") from None
+            if extra.name == source_file:
+                raise FieldError(400, f"files[{index}].name",
+                                 f"{extra.name!r} is the source file's name")
+            if any(f.name == extra.name for f in files):
+                raise FieldError(400, f"files[{index}].name",
+                                 f"{extra.name!r} is given twice: names must be unique")
+            files.append(extra)
+        return tuple(files)
+
+    def _compiler_options(self, data: dict[str, Any], language: str) -> tuple[str, ...]:
+        options = _arguments(data, "compiler_options")
+        if not options:
+            return options
+        command = self._described(language).get("compile_command")
+        compiler = command[0].rsplit("/", 1)[-1] if isinstance(command, list) and command else ""
+        if compiler not in OPTION_COMPILERS:
+            raise FieldError(400, "compiler_options", f"not supported for {language!r} (only "
+                                                      "for languages compiled by gcc or clang)")
+        for index, option in enumerate(options):
+            if not COMPILER_OPTION.fullmatch(option):
+                raise FieldError(400, f"compiler_options[{index}]",
+                                 f"{option[:100]!r} is not an allowed option: optimization "
+                                 "(-O..), -std=, warnings (-W...), -g, -D/-U macros, -l of "
+                                 "m/pthread/rt/stdc++, -pthread, -march=native and a few "
+                                 "code generation -f flags; never options that make the "
+                                 "compiler read or run other files")
+        return options
+
+    def _source_file(self, language: str) -> str | None:
+        name = self._described(language).get("source_file")
+        return name if isinstance(name, str) else None
+
+    def _described(self, language: str) -> dict[str, Any]:
+        for entry in self._languages.describe(self._config):
+            if entry.get("id") == language:
+                return entry
+        return {}
+
+    def _checker(self, data: dict[str, Any]) -> str:
+        checker = data.get("checker", DEFAULT_CHECKER)
+        if not isinstance(checker, str):
+            raise FieldError(400, "checker", f"must be a string, not {_json_type(checker)}")
+        if checker not in (*CHECKERS, CUSTOM_CHECKER):
+            raise FieldError(400, "checker", f"unknown checker {checker[:40]!r}; known: "
+                                             f"{', '.join((*CHECKERS, CUSTOM_CHECKER))}")
+        custom = checker == CUSTOM_CHECKER
+        for name in ("checker_source", "checker_language"):
+            if custom and name not in data:
+                raise FieldError(400, name, 'required with "checker": "custom"')
+            if not custom and name in data:
+                raise FieldError(400, name, 'only applies with "checker": "custom"')
+        return checker
+
+    def _checker_program(self, data: dict[str, Any]) -> tuple[str | None, str | None]:
+        if data.get("checker") != CUSTOM_CHECKER:
+            return None, None
+        source = _string(data, "checker_source")
+        language = self._language(data, "checker_language")
+        return source, language
+
+    def _checker_epsilon(self, data: dict[str, Any]) -> float:
+        epsilon = data.get("checker_epsilon", DEFAULT_CHECKER_EPSILON)
+        if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
+            raise FieldError(400, "checker_epsilon",
+                             f"must be a number, not {_json_type(epsilon)}")
+        if not 0 <= epsilon <= MAX_CHECKER_EPSILON:
+            raise FieldError(400, "checker_epsilon", f"{epsilon} is out of range: allowed "
+                                                     f"0..{MAX_CHECKER_EPSILON}")
+        if "checker_epsilon" in data and data.get("checker") != "float":
+            raise FieldError(400, "checker_epsilon", 'only applies with "checker": "float"')
+        return float(epsilon)
+
+    def _tests(self, data: dict[str, Any], checker: str,
+               wall_explicit: bool) -> tuple[JudgeCase, ...] | None:
+        if "tests" not in data:
+            if "stop_on_first_failure" in data:
+                raise FieldError(400, "stop_on_first_failure", "only applies with tests")
+            return None
+        for single in ("stdin", "expected_output"):
+            if single in data:
+                raise FieldError(400, single, "not allowed with tests (each test has its own)")
+        items = data["tests"]
+        if not isinstance(items, list):
+            raise FieldError(400, "tests", f"must be an array, not {_json_type(items)}")
+        config = self._config
+        maximum = config.server.max_tests
+        if not 1 <= len(items) <= maximum:
+            raise FieldError(400, "tests", f"{len(items)} tests, allowed 1..{maximum} "
+                                           "(server.max_tests)")
+        cases = []
+        total = 0
+        for index, item in enumerate(items):
+            try:
+                case = self._test(item, checker, wall_explicit)
+            except FieldError as e:
+                raise e.within(f"tests[{index}]") from None
+            total += utf8_size(case.stdin) + utf8_size(case.expected_output or "")
+            cases.append(case)
+        if total > config.server.max_stdin_bytes:
+            raise FieldError(413, "tests", f"{total} bytes of stdin and expected output, over "
+                                           f"the maximum of {config.server.max_stdin_bytes} "
+                                           "bytes (server.max_stdin_bytes)")
+        return tuple(cases)
+
+    def _test(self, item: Any, checker: str, wall_explicit: bool) -> JudgeCase:
+        if not isinstance(item, dict):
+            raise FieldError(400, None, f"must be a JSON object, not {_json_type(item)}")
+        unknown = sorted(set(item) - TEST_FIELDS)
+        if unknown:
+            raise FieldError(400, None, f"unknown field(s): {', '.join(n[:100] for n in unknown)}"
+                                        f" (a test has {', '.join(sorted(TEST_FIELDS))})")
+        stdin = _string(item, "stdin", default="")
+        expected = item.get("expected_output")
+        if expected is not None and not isinstance(expected, str):
+            raise FieldError(400, "expected_output",
+                             f"must be a string or null, not {_json_type(expected)}")
+        if expected is not None:
+            _check_expected_output("expected_output", expected, checker,
+                                   self._config.sandbox.output_limit_bytes)
+        limits = self._config.limits
+        time_ms = wall_ms = None
+        if "time_limit_ms" in item:
+            time_ms = _limit(item, "time_limit_ms", limits.time_limit_ms, 0)
+            if not wall_explicit:
+                wall_ms = limits.default_wall_ms(time_ms)
+        if "wall_time_limit_ms" in item:
+            wall_ms = _limit(item, "wall_time_limit_ms", limits.wall_time_limit_ms, 0)
+        return JudgeCase(stdin=stdin, expected_output=expected, time_limit_ms=time_ms,
+                         wall_time_limit_ms=wall_ms)
 
     def parse_batch(self, data: dict[str, Any]) -> list[Submission]:
         unknown = sorted(set(data) - {"submissions"})
@@ -256,17 +459,17 @@ class SubmissionParser:
                 raise e.within(f"submissions[{index}]") from None
         return submissions
 
-    def _language(self, data: dict[str, Any]) -> str:
-        language = _string(data, "language")
+    def _language(self, data: dict[str, Any], field: str = "language") -> str:
+        language = _string(data, field)
         if language not in self._languages:
             known = ", ".join(sorted(str(d.get("id")) for d in
                                      self._languages.describe(self._config)))
-            raise FieldError(400, "language",
+            raise FieldError(400, field,
                              f"unknown language {language[:100]!r}; known languages: {known}")
         unavailable = self._languages.unavailable_reason(language)
         if unavailable is not None:
-            raise FieldError(400, "language", f"{language!r} is unavailable on this server: "
-                                              f"{unavailable}")
+            raise FieldError(400, field, f"{language!r} is unavailable on this server: "
+                                         f"{unavailable}")
         return language
 
     def _callback_url(self, data: dict[str, Any]) -> str | None:
@@ -292,6 +495,53 @@ class SubmissionParser:
         return url
 
 
+def _extra_file(item: Any) -> ExtraFile:
+    if not isinstance(item, dict):
+        raise FieldError(400, None, f"must be a JSON object, not {_json_type(item)}")
+    unknown = sorted(set(item) - FILE_FIELDS)
+    if unknown:
+        raise FieldError(400, None, f"unknown field(s): {', '.join(n[:100] for n in unknown)}"
+                                    " (a file has name, content, encoding)")
+    missing = [n for n in ("name", "content") if n not in item]
+    if missing:
+        raise FieldError(400, None, f"missing required field(s): {', '.join(missing)}")
+    name = _string(item, "name")
+    if not FILE_NAME.fullmatch(name):
+        raise FieldError(400, "name", f"{name[:100]!r} is not a plain file name: 1-128 of "
+                                      "A-Z a-z 0-9 . _ + -, not starting with a dot (no "
+                                      "directories, no absolute paths, no '..')")
+    content = _string(item, "content")
+    encoding = _string(item, "encoding", default="utf8")
+    if encoding == "utf8":
+        return ExtraFile(name=name, content=content.encode())
+    if encoding == "base64":
+        try:
+            return ExtraFile(name=name, content=base64.b64decode(content, validate=True))
+        except (binascii.Error, ValueError):
+            raise FieldError(400, "content", "is not valid base64") from None
+    raise FieldError(400, "encoding", f"must be one of {', '.join(FILE_ENCODINGS)}, not "
+                                      f"{encoding[:40]!r}")
+
+
+def _arguments(data: dict[str, Any], name: str) -> tuple[str, ...]:
+    items = data.get(name, [])
+    if not isinstance(items, list):
+        raise FieldError(400, name, f"must be an array of strings (argv items), not "
+                                    f"{_json_type(items)}")
+    if len(items) > MAX_ARGUMENTS:
+        raise FieldError(400, name, f"{len(items)} items, allowed 0..{MAX_ARGUMENTS}")
+    for index, item in enumerate(items):
+        if not isinstance(item, str):
+            raise FieldError(400, f"{name}[{index}]", f"must be a string, not "
+                                                      f"{_json_type(item)}")
+        if len(item) > MAX_ARGUMENT_LENGTH:
+            raise FieldError(400, f"{name}[{index}]", f"{len(item)} characters, over the "
+                                                      f"maximum of {MAX_ARGUMENT_LENGTH}")
+        if "\0" in item:
+            raise FieldError(400, f"{name}[{index}]", "must not contain a NUL character")
+    return tuple(items)
+
+
 def _check_size(name: str, value: str, maximum: int, setting: str) -> None:
     size = utf8_size(value)
     if size > maximum:
@@ -299,15 +549,15 @@ def _check_size(name: str, value: str, maximum: int, setting: str) -> None:
                                     f"({setting})")
 
 
-def _check_expected_output(expected: str, output_limit: int) -> None:
+def _check_expected_output(name: str, expected: str, checker: str, output_limit: int) -> None:
     # stdout is cut at the output limit (and the run is Output Limit Exceeded), so an
     # expected output longer than that, as compared, can never be matched: refuse the
     # request rather than run a job that cannot be Accepted.
-    size = utf8_size(comparable_expected(expected))
-    if size > output_limit:
+    size = shortest_match_size(checker, expected)
+    if size is not None and size > output_limit:
         raise FieldError(
-            400, "expected_output",
-            f"{size} bytes (without trailing whitespace), longer than the output limit of "
+            400, name,
+            f"{size} bytes (as the {checker} checker compares), longer than the output limit of "
             f"{output_limit} bytes (sandbox.output_limit_bytes): no program's output could "
             "match it")
 

@@ -50,9 +50,23 @@ def is_cacheable(submission: Submission, result: Result) -> bool:
     other verdicts follow from the program, its input and its limits."""
     if not result.status.is_final or result.status is Status.INTERNAL_ERROR:
         return False
-    if result.status is Status.TIME_LIMIT_EXCEEDED:
-        return (result.time_ms is not None
-                and result.time_ms >= submission.limits.time_limit_ms)
+    if submission.tests is not None:
+        # Every test's verdict is part of the result (the overall one is only the first
+        # failure's): each must be one that would come again.
+        entries = result.extra.get("tests", [])
+        for case, entry in zip(submission.tests, entries, strict=False):
+            limit = case.time_limit_ms or submission.limits.time_limit_ms
+            if not _repeatable(entry.get("status"), entry.get("time_ms"), limit):
+                return False
+        return True
+    return _repeatable(result.status.value, result.time_ms, submission.limits.time_limit_ms)
+
+
+def _repeatable(status: str | None, time_ms: int | None, time_limit_ms: int) -> bool:
+    if status == Status.INTERNAL_ERROR.value:
+        return False
+    if status == Status.TIME_LIMIT_EXCEEDED.value:
+        return time_ms is not None and time_ms >= time_limit_ms
     return True
 
 

@@ -100,6 +100,10 @@ class ServerConfig:
     max_body_bytes: int = 16 * MIB
     # Submissions in one POST /execute/batch, and ids in one GET /result?ids=.
     max_batch: int = 100
+    # Tests in one submission's `tests` list (each runs in its own box).
+    max_tests: int = 100
+    # Extra files in one submission's `files` list (their bytes count with the source).
+    max_files: int = 20
     languages_file: str = str(PROJECT_DIR / "languages.toml")
 
     @property
@@ -292,6 +296,10 @@ def validate(config: Config) -> None:
             raise ConfigError(f"server.{name}: must be positive")
     if server.max_batch < 1:
         raise ConfigError(f"server.max_batch: must be at least 1, not {server.max_batch}")
+    if server.max_tests < 1:
+        raise ConfigError(f"server.max_tests: must be at least 1, not {server.max_tests}")
+    if server.max_files < 0:
+        raise ConfigError(f"server.max_files: must be 0 or more, not {server.max_files}")
     if not 0 < server.wait_cap_s <= 3600:
         raise ConfigError(f"server.wait_cap_s: must be in (0, 3600] seconds, not "
                           f"{server.wait_cap_s}")

@@ -41,6 +41,32 @@ def utf8_size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode())
 
 
+CHECKERS = ("exact", "lines", "tokens", "float", "unordered-lines")
+# A program of the client's, run in its own box, decides (runner.py).
+CUSTOM_CHECKER = "custom"
+DEFAULT_CHECKER = "lines"
+DEFAULT_CHECKER_EPSILON = 1e-6
+
+
+@dataclass(frozen=True)
+class JudgeCase:
+    """One test of a multi-test submission: its input, and what its output must match."""
+
+    stdin: str = ""
+    expected_output: str | None = None
+    time_limit_ms: int | None = None  # None: the submission's time limit
+    wall_time_limit_ms: int | None = None  # None: the submission's (or derived from the above)
+
+
+@dataclass(frozen=True)
+class ExtraFile:
+    """A file put into the working directory beside the source (a plain name, checked
+    by the API), present for the compile step and every run."""
+
+    name: str
+    content: bytes
+
+
 @dataclass(frozen=True)
 class Submission:
     language: str
@@ -52,12 +78,35 @@ class Submission:
     callback_url: str | None = None
     # False: never answered from the result cache, and the result is not stored there.
     cache: bool = True
+    # Several tests instead of `stdin`/`expected_output`: compiled once, each test run in
+    # a fresh box (runner.py). None: a single run.
+    tests: tuple[JudgeCase, ...] | None = None
+    # With `tests`: after the first test that is not Accepted, the rest are skipped.
+    stop_on_first_failure: bool = True
+    # How stdout is compared with an expected output (outputs.py).
+    checker: str = DEFAULT_CHECKER
+    checker_epsilon: float = DEFAULT_CHECKER_EPSILON
+    # With checker "custom": the checker program and its language.
+    checker_source: str | None = None
+    checker_language: str | None = None
+    files: tuple[ExtraFile, ...] = ()
+    # Appended to the language's compile command (argv items on the API's allow-list).
+    compiler_options: tuple[str, ...] = ()
+    # Appended to the language's run command (argv items, never a shell string).
+    command_line_arguments: tuple[str, ...] = ()
 
     def input_bytes(self) -> int:
-        """What the job holds until it has run: source, stdin and expected output, as
-        UTF-8 (the unit of the API's limits and of the queue's byte budget)."""
+        """What the job holds until it has run: source, stdin and expected output (of
+        every test), as UTF-8 (the unit of the API's limits and of the queue's budget)."""
         expected = self.expected_output or ""
-        return utf8_size(self.source) + utf8_size(self.stdin) + utf8_size(expected)
+        size = utf8_size(self.source) + utf8_size(self.stdin) + utf8_size(expected)
+        size += utf8_size(self.checker_source or "")
+        size += sum(len(f.content) for f in self.files)
+        size += sum(utf8_size(a) for a in self.command_line_arguments)
+        size += sum(utf8_size(a) for a in self.compiler_options)
+        for case in self.tests or ():
+            size += utf8_size(case.stdin) + utf8_size(case.expected_output or "")
+        return size
 
 
 @dataclass(frozen=True)

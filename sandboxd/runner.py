@@ -4,6 +4,11 @@ Both steps of a submission share one box slot (so one host uid) and one
 workspace tmpfs: the compile box writes its binary into /box and the run box
 finds it there. The daemon itself never reads what a box wrote (workspace.py).
 
+With `tests`, the program is compiled once and each test runs in a fresh box over
+a fresh tmpfs of its own (/tmp, /dev/shm), the compiled /box bound read-only; a custom
+checker is compiled once into a workspace of its own and runs the same way, its three
+files written by the daemon into the new /tmp before the box starts.
+
 The compile step is the language's compiler, or for an interpreted language its
 syntax check (languages.toml `check`): either way a source that does not parse is a
 Compile Error with the tool's message.
@@ -13,21 +18,93 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from sandboxd.config import MIB, Config
-from sandboxd.jail.spec import BoxLimits, JailError, JailOutcome, JailSpec, SeccompProfile
+from sandboxd.jail.spec import Bind, BoxLimits, JailError, JailOutcome, JailSpec, SeccompProfile
 from sandboxd.jail.supervisor import Sandbox
 from sandboxd.jail.workspace import Workspace
 from sandboxd.languages import Language, Registry, StepSizes, parse_version
-from sandboxd.model import Limits, Result, Status, Submission
+from sandboxd.model import CUSTOM_CHECKER, JudgeCase, Limits, Result, Status, Submission
 from sandboxd.observer import Observer
 from sandboxd.outputs import BOM
-from sandboxd.verdict import decide, decided_by_compile, to_result
+from sandboxd.verdict import (
+    decide,
+    decided_by_compile,
+    decode,
+    internal_error_message,
+    to_result,
+)
 
 log = logging.getLogger(__name__)
 
 DATA_LIMIT_MARGIN_BYTES = 256 * MIB  # thread stacks (8 MiB each) count as data too
+
+TESTS_OUTPUT_BUDGET_CHARS = 4 * MIB
+
+# A test not run: an earlier one failed (stop_on_first_failure) or the compile did.
+SKIPPED = "Skipped"
+SKIPPED_TEST: dict[str, Any] = {
+    "status": SKIPPED, "stdout": "", "stderr": "", "exit_code": None, "signal": None,
+    "time_ms": None, "wall_time_ms": None, "memory_kb": None,
+}
+_TEST_FIELDS = ("stdout", "stderr", "exit_code", "signal", "time_ms", "wall_time_ms",
+                "memory_kb", "message")
+
+
+def _test_entry(result: Result) -> dict[str, Any]:
+    """One test's entry of the per-test list: its status and run fields."""
+    entry: dict[str, Any] = {"status": result.status.value}
+    for name in _TEST_FIELDS:
+        value = getattr(result, name)
+        if name != "message" or value is not None:
+            entry[name] = value
+    entry.update(result.extra)  # the custom checker's message
+    return entry
+
+
+def _trim_output(entry: dict[str, Any], budget: int) -> int:
+    """Cut the entry's stdout and stderr to what is left of `budget` (marking the entry
+    `output_truncated`); the characters kept."""
+    kept = 0
+    for name in ("stdout", "stderr"):
+        text = entry[name]
+        room = max(budget - kept, 0)
+        if len(text) > room:
+            entry[name] = text[:room]
+            entry["output_truncated"] = True
+        kept += len(entry[name])
+    return kept
+
+
+def _with_skipped_tests(result: Result, submission: Submission) -> Result:
+    """`result` (the job ended before any test ran) with every test marked skipped."""
+    if submission.tests is None:
+        return result
+    return dataclasses.replace(result, extra={"tests": [SKIPPED_TEST] * len(submission.tests)})
+
+
+def _write_new_file(path: str, content: bytes) -> None:
+    """A new read-only file in a directory no box has seen yet (never follows a link)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o444)
+    try:
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class _Checker:
+    """A compiled custom checker: its language, and its /box to bind read-only."""
+
+    language: Language
+    box: Bind
 
 
 class Runner:
@@ -57,35 +134,192 @@ class Runner:
 
     async def _run(self, lang: Language, submission: Submission) -> Result:
         async with self.sandbox.slot() as slot:
+            workspaces: list[Workspace] = []
             try:
-                workspace = self.sandbox.workspace(slot, self.config.sandbox.disk_limit_mb)
-            except OSError as e:
-                raise JailError(f"workspace: {e}") from None
-            try:
+                checker: _Checker | None = None
+                if submission.checker == CUSTOM_CHECKER:
+                    # First: a checker that does not compile fails the job before any run.
+                    checker_or_error = await self._compile_checker(submission, slot, workspaces)
+                    if isinstance(checker_or_error, Result):
+                        return _with_skipped_tests(checker_or_error, submission)
+                    checker = checker_or_error
+                workspace = self._workspace(slot)
+                workspaces.append(workspace)
                 # A UTF-8 BOM (Windows editors) is no part of the program: javac calls it
                 # an illegal character, and no toolchain needs it.
                 workspace.write_file(lang.source, submission.source.removeprefix(BOM).encode())
-                compiled: JailOutcome | None = None
-                compile_step = lang.compile_step
-                if compile_step is not None:
-                    started = time.monotonic()
-                    compiled = await self.sandbox.run(self._spec(
-                        lang, lang.argv(compile_step, StepSizes.compile(self.config, lang)),
-                        self._compile_limits(lang), slot, workspace, merge_stderr=True))
-                    self.observer.compile_step(lang.id, time.monotonic() - started)
+                for extra in submission.files:  # names checked by the API (api.py)
+                    workspace.write_file(extra.name, extra.content)
+                compiled = await self._compile(lang, slot, workspace,
+                                               submission.compiler_options)
+                if compiled is not None:
                     verdict = decided_by_compile(compiled)
                     if verdict is not None:
-                        return to_result(verdict, compiled, None)
-                sizes = StepSizes.run(self.config, submission.limits.memory_limit_mb)
-                started = time.monotonic()
-                ran = await self.sandbox.run(self._spec(
-                    lang, lang.run_argv(sizes), self._run_limits(lang, submission.limits),
-                    slot, workspace, stdin=submission.stdin.encode()))
-                self.observer.run_step(lang.id, time.monotonic() - started)
-                status = decide(compiled, ran, submission.expected_output, lang.out_of_memory)
-                return to_result(status, compiled, ran)
+                        return _with_skipped_tests(to_result(verdict, compiled, None),
+                                                   submission)
+                if submission.tests is not None:
+                    return await self._run_tests(lang, submission, submission.tests, compiled,
+                                                 slot, workspace, checker)
+                ran = await self._run_step(lang, submission, submission.limits, slot,
+                                           workspace.binds_for_next_step(), submission.stdin)
+                return await self._judge(lang, submission, compiled, ran, submission.stdin,
+                                         submission.expected_output, slot, checker)
             finally:
-                workspace.destroy()
+                for workspace in workspaces:
+                    workspace.destroy()
+
+    async def _compile(self, lang: Language, slot: int, workspace: Workspace,
+                       options: tuple[str, ...] = ()) -> JailOutcome | None:
+        """The language's compile step (or syntax check) in `workspace`, `options` at the
+        end (so they override the defaults, and libraries come after the sources); None
+        if it has none."""
+        compile_step = lang.compile_step
+        if compile_step is None:
+            return None
+        started = time.monotonic()
+        compiled = await self.sandbox.run(self._spec(
+            lang, lang.argv(compile_step, StepSizes.compile(self.config, lang)) + options,
+            self._compile_limits(lang), slot, workspace.binds_for_next_step(),
+            merge_stderr=True))
+        self.observer.compile_step(lang.id, time.monotonic() - started)
+        return compiled
+
+    async def _compile_checker(self, submission: Submission, slot: int,
+                               workspaces: list[Workspace]) -> _Checker | Result:
+        assert submission.checker_language is not None and submission.checker_source is not None
+        lang = self.languages[submission.checker_language]
+        workspace = self._workspace(slot)
+        workspaces.append(workspace)
+        workspace.write_file(lang.source,
+                             submission.checker_source.removeprefix(BOM).encode())
+        compiled = await self._compile(lang, slot, workspace)
+        if compiled is not None:
+            verdict = decided_by_compile(compiled)
+            if verdict is not None:
+                failed = to_result(verdict, compiled, None)
+                why = failed.message if verdict is Status.INTERNAL_ERROR else (
+                    f"{verdict.value}:\n{failed.compile_output}")
+                return Result(status=Status.INTERNAL_ERROR,
+                              message=f"the custom checker did not compile: {why}")
+        return _Checker(lang, Bind(str(workspace.path / "box"), "/box", writable=False))
+
+    async def _judge(self, lang: Language, submission: Submission,
+                     compiled: JailOutcome | None, ran: JailOutcome, stdin: str,
+                     expected_output: str | None, slot: int,
+                     checker: _Checker | None) -> Result:
+        """The verdict of one run: the table of verdict.py, then (a run that ended
+        cleanly, with a custom checker) the checker's."""
+        if checker is None:
+            status = decide(compiled, ran, expected_output, lang.out_of_memory,
+                            submission.checker, submission.checker_epsilon)
+            return to_result(status, compiled, ran)
+        status = decide(compiled, ran, None, lang.out_of_memory)
+        result = to_result(status, compiled, ran)
+        if status is not Status.ACCEPTED:
+            return result
+        verdict, message = await self._run_checker(checker, slot, stdin, ran.stdout,
+                                                   expected_output or "")
+        if verdict is Status.INTERNAL_ERROR:
+            return dataclasses.replace(result, status=verdict, message=message)
+        return dataclasses.replace(result, status=verdict,
+                                   extra={**result.extra, "checker_message": message})
+
+    async def _run_checker(self, checker: _Checker, slot: int, stdin: str, output: bytes,
+                           expected: str) -> tuple[Status, str]:
+        """Run the custom checker in a fresh box: argv[1..3] are the test's input, the
+        program's output and the expected output, as files the daemon wrote into the
+        box's new /tmp before it started. Exit 0: Accepted, 1: Wrong Answer; anything
+        else (another exit code, a signal, a limit) is the checker's failure, an
+        Internal Error, never a verdict against the program."""
+        scratch = self._workspace(slot)
+        try:
+            binds = tuple(b for b in scratch.binds_for_next_step() if b.target != "/box")
+            [tmp] = [b.source for b in binds if b.target == "/tmp"]
+            paths = []
+            for name, content in (("input.txt", stdin.encode()), ("output.txt", output),
+                                  ("expected.txt", expected.encode())):
+                _write_new_file(os.path.join(tmp, name), content)
+                paths.append(f"/tmp/{name}")
+            lang = checker.language
+            limits = self.config.limits
+            box = Limits(time_limit_ms=limits.time_limit_ms.max,
+                         wall_time_limit_ms=limits.wall_time_limit_ms.max,
+                         memory_limit_mb=limits.memory_limit_mb.default)
+            sizes = StepSizes.run(self.config, box.memory_limit_mb)
+            started = time.monotonic()
+            outcome = await self.sandbox.run(self._spec(
+                lang, lang.run_argv(sizes) + tuple(paths), self._run_limits(lang, box), slot,
+                (checker.box, *binds)))
+            self.observer.run_step(lang.id, time.monotonic() - started)
+        finally:
+            scratch.destroy()
+        ended = decide(None, outcome, None, lang.out_of_memory)
+        message = decode(outcome.stdout)
+        if ended is Status.ACCEPTED:
+            return Status.ACCEPTED, message
+        if ended is Status.RUNTIME_ERROR and outcome.signal is None and outcome.exit_code == 1:
+            return Status.WRONG_ANSWER, message
+        why = (internal_error_message(None, outcome) if ended is Status.INTERNAL_ERROR
+               else f"{ended.value} (exit code {outcome.exit_code}, signal {outcome.signal})")
+        stderr = decode(outcome.stderr)[:2000]
+        return Status.INTERNAL_ERROR, f"the custom checker failed: {why}" + (
+            f"; its stderr: {stderr}" if stderr else "")
+
+    async def _run_tests(self, lang: Language, submission: Submission,
+                         tests: tuple[JudgeCase, ...], compiled: JailOutcome | None, slot: int,
+                         workspace: Workspace, checker: _Checker | None) -> Result:
+        """Each test in a fresh box over its own fresh tmpfs (/tmp, /dev/shm), the
+        compiled /box bound read-only: no test can change the program or leave anything
+        for the next one."""
+        program = Bind(str(workspace.path / "box"), "/box", writable=False)
+        entries: list[dict[str, Any]] = []
+        # 100 tests may each print up to the output limit: the result keeps at most this
+        # much of their stdout and stderr together (the verdicts saw all of it).
+        output_budget = TESTS_OUTPUT_BUDGET_CHARS
+        deciding: Result | None = None  # the first test that is not Accepted
+        last: Result | None = None
+        for case in tests:
+            if deciding is not None and submission.stop_on_first_failure:
+                entries.append(SKIPPED_TEST)
+                continue
+            limits = Limits(
+                time_limit_ms=case.time_limit_ms or submission.limits.time_limit_ms,
+                wall_time_limit_ms=(case.wall_time_limit_ms
+                                    or submission.limits.wall_time_limit_ms),
+                memory_limit_mb=submission.limits.memory_limit_mb)
+            scratch = self._workspace(slot)
+            try:
+                binds = tuple(b for b in scratch.binds_for_next_step() if b.target != "/box")
+                ran = await self._run_step(lang, submission, limits, slot, (program, *binds),
+                                           case.stdin)
+            finally:
+                scratch.destroy()
+            last = await self._judge(lang, submission, compiled, ran, case.stdin,
+                                     case.expected_output, slot, checker)
+            entry = _test_entry(last)
+            output_budget -= _trim_output(entry, output_budget)
+            entries.append(entry)
+            if deciding is None and last.status is not Status.ACCEPTED:
+                deciding = last
+        overall = deciding or last
+        assert overall is not None  # the API refuses an empty list of tests
+        return dataclasses.replace(overall, extra={**overall.extra, "tests": entries})
+
+    async def _run_step(self, lang: Language, submission: Submission, limits: Limits,
+                        slot: int, binds: tuple[Bind, ...], stdin: str) -> JailOutcome:
+        sizes = StepSizes.run(self.config, limits.memory_limit_mb)
+        argv = lang.run_argv(sizes) + submission.command_line_arguments
+        started = time.monotonic()
+        ran = await self.sandbox.run(self._spec(
+            lang, argv, self._run_limits(lang, limits), slot, binds, stdin=stdin.encode()))
+        self.observer.run_step(lang.id, time.monotonic() - started)
+        return ran
+
+    def _workspace(self, slot: int) -> Workspace:
+        try:
+            return self.sandbox.workspace(slot, self.config.sandbox.disk_limit_mb)
+        except OSError as e:
+            raise JailError(f"workspace: {e}") from None
 
     async def version(self, lang: Language) -> str | None:
         """The toolchain's version, asked in a real box (doubles as a start-up self-test)."""
@@ -101,7 +335,7 @@ class Runner:
             try:
                 outcome = await self.sandbox.run(self._spec(
                     lang, lang.argv(lang.version_command, StepSizes.compile(self.config, lang)),
-                    self._compile_limits(lang), slot, workspace,
+                    self._compile_limits(lang), slot, workspace.binds_for_next_step(),
                     merge_stderr=True))
             finally:
                 workspace.destroy()
@@ -145,12 +379,12 @@ class Runner:
         return box
 
     def _spec(self, lang: Language, argv: tuple[str, ...], limits: BoxLimits, slot: int,
-              workspace: Workspace, *, stdin: bytes = b"", merge_stderr: bool = False
+              binds: tuple[Bind, ...], *, stdin: bytes = b"", merge_stderr: bool = False
               ) -> JailSpec:
         return JailSpec(
             argv=argv,
             limits=limits,
-            binds=lang.rootfs.binds + workspace.binds_for_next_step(),
+            binds=lang.rootfs.binds + binds,
             symlinks=lang.rootfs.symlinks,
             env=lang.env,
             seccomp=SeccompProfile(lang.extra_syscalls),

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sandboxd.jail.spec import JailOutcome, Termination
-from sandboxd.model import Result, Status
-from sandboxd.outputs import outputs_match
+from sandboxd.model import DEFAULT_CHECKER, DEFAULT_CHECKER_EPSILON, Result, Status
+from sandboxd.outputs import check_output, outputs_match  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,8 @@ class Steps:
     run: JailOutcome | None  # None: the run step never happened (compile failed)
     expected_output: str | None
     out_of_memory: OutOfMemory | None = None  # the language's runtime OOM signature
+    checker: str = DEFAULT_CHECKER  # how stdout is compared (outputs.check_output)
+    checker_epsilon: float = DEFAULT_CHECKER_EPSILON
 
 
 def _setup_failed(outcome: JailOutcome | None) -> bool:
@@ -107,8 +109,8 @@ def _crashed(o: JailOutcome) -> bool:
 
 def _wrong_answer(s: Steps) -> bool:
     assert s.run is not None
-    return s.expected_output is not None and not outputs_match(
-        decode(s.run.stdout), s.expected_output
+    return s.expected_output is not None and not check_output(
+        s.checker, decode(s.run.stdout), s.expected_output, s.checker_epsilon
     )
 
 
@@ -140,8 +142,10 @@ def decide(
     run: JailOutcome | None,
     expected_output: str | None,
     out_of_memory: OutOfMemory | None = None,
+    checker: str = DEFAULT_CHECKER,
+    checker_epsilon: float = DEFAULT_CHECKER_EPSILON,
 ) -> Status:
-    steps = Steps(compile, run, expected_output, out_of_memory)
+    steps = Steps(compile, run, expected_output, out_of_memory, checker, checker_epsilon)
     for predicate, status in PRECEDENCE:
         if predicate(steps):
             return status

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sandboxd.cache import NOT_IN_KEY, ResultCache, cache_key, is_cacheable
-from sandboxd.model import Limits, Result, Status, Submission
+from sandboxd.model import ExtraFile, JudgeCase, Limits, Result, Status, Submission
 
 LIMITS = Limits(time_limit_ms=1000, wall_time_limit_ms=3000, memory_limit_mb=128)
 BASE = Submission(language="python3", source="print(input())", limits=LIMITS, stdin="hi",
@@ -24,6 +24,15 @@ VARIANTS: dict[str, Any] = {
     "stdin": "hi\n",
     "expected_output": None,
     "limits": dataclasses.replace(LIMITS, time_limit_ms=1001),
+    "tests": (JudgeCase(stdin="hi", expected_output="hi\n"),),
+    "stop_on_first_failure": False,
+    "checker": "tokens",
+    "checker_epsilon": 1e-3,
+    "checker_source": "import sys",
+    "checker_language": "python3",
+    "files": (ExtraFile(name="data.txt", content=b"1"),),
+    "command_line_arguments": ("-v",),
+    "compiler_options": ("-O0",),
 }
 LIMIT_VARIANTS: dict[str, int] = {
     "time_limit_ms": 999,
@@ -149,3 +158,23 @@ def test_nonsense_bounds_are_refused() -> None:
     for bad in ({"max_entries": 0}, {"max_bytes": 0}, {"ttl_s": 0}):
         with pytest.raises(ValueError):
             ResultCache(**{"max_entries": 1, "max_bytes": 1, "ttl_s": 1.0, **bad})
+
+
+def _tests_result(*entries: dict[str, Any]) -> Result:
+    return Result(status=Status.WRONG_ANSWER, time_ms=1, extra={"tests": list(entries)})
+
+
+def test_a_multi_test_result_is_cached_only_if_every_test_would_repeat() -> None:
+    cases = (JudgeCase(stdin="1"), JudgeCase(stdin="2", time_limit_ms=500))
+    submission = dataclasses.replace(BASE, stdin="", expected_output=None, tests=cases,
+                                     stop_on_first_failure=False)
+    wrong = {"status": "Wrong Answer", "time_ms": 1}
+    assert is_cacheable(submission, _tests_result(wrong, {"status": "Accepted", "time_ms": 1}))
+    # A later test's Internal Error, or a wall-clock TLE under that test's own limit: the
+    # result could differ next time even though the overall verdict would not.
+    assert not is_cacheable(submission, _tests_result(wrong, {"status": "Internal Error"}))
+    assert not is_cacheable(
+        submission, _tests_result(wrong, {"status": "Time Limit Exceeded", "time_ms": 499}))
+    assert is_cacheable(
+        submission, _tests_result(wrong, {"status": "Time Limit Exceeded", "time_ms": 500}))
+    assert is_cacheable(submission, _tests_result(wrong, {"status": "Skipped"}))

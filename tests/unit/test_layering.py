@@ -58,7 +58,9 @@ def test_pure_data_modules_import_no_other_layer(name):
 def test_verdict_is_pure():
     mods = imported_modules(PACKAGE / "verdict.py")
     assert mods <= {"sandboxd.model", "sandboxd.model.Result", "sandboxd.model.Status",
-                    "sandboxd.jail.spec", "sandboxd.jail.spec.JailOutcome",
+                    "sandboxd.model.DEFAULT_CHECKER", "sandboxd.model.DEFAULT_CHECKER_EPSILON",
+                    "sandboxd.outputs.check_output", "sandboxd.jail.spec",
+                    "sandboxd.jail.spec.JailOutcome",
                     "sandboxd.jail.spec.Termination", "sandboxd.outputs",
                     "sandboxd.outputs.outputs_match"}, mods
 
