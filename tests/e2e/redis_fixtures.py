@@ -71,14 +71,18 @@ class RedisServer:
         self.process = None
 
     def command(self, *args: str) -> str | None:
-        """One command over RESP; its first reply line, or None if Redis is not there."""
+        """One command over RESP: a bulk string's value, else the reply's first line
+        (`+PONG`, `:0`); None if Redis is not there."""
         request = f"*{len(args)}\r\n" + "".join(f"${len(a)}\r\n{a}\r\n" for a in args)
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
                 s.sendall(request.encode())
-                return s.recv(65536).decode(errors="replace").split("\r\n", 1)[0]
+                lines = s.recv(65536).decode(errors="replace").split("\r\n")
         except OSError:
             return None
+        if lines[0].startswith("$") and lines[0] != "$-1":
+            return lines[1]
+        return lines[0]
 
 
 def redis_config(index: int, redis_url: str, *, visibility_timeout_s: float = 60.0,

@@ -157,7 +157,7 @@ def test_200_jobs_over_two_daemons_each_run_exactly_once(shared) -> None:
     assert _metric(b, "sandboxd_jobs_finished_total") > 0
     # ...and Redis counted one start for each (the attempt count of the job).
     for job_id in ids[:20] + ids[-20:]:
-        assert server.command("HGET", f"sandboxd:job:{job_id}", "attempts") == "$1"
+        assert server.command("HGET", f"sandboxd:job:{job_id}", "attempts") == "1"
     # Nothing is left waiting or pending in the stream once all are done.
     assert server.command("XLEN", "sandboxd:jobs") == ":0"
 
@@ -231,7 +231,7 @@ def test_a_killed_daemons_jobs_are_run_again_by_another(tmp_path: Path,
             result = _final(b, job_id)
             assert (result["status"], result["stdout"]) == ("Accepted", f"{i + 1}\n"), result
         for job_id in running:  # started on A, then again on B
-            assert redis_server.command("HGET", f"sandboxd:job:{job_id}", "attempts") == "$2"
+            assert redis_server.command("HGET", f"sandboxd:job:{job_id}", "attempts") == "2"
         # A's host side is cleaned up when it starts again: no box of A's is left.
         a = start_redis_daemon(tmp_path, 2, redis_server.url, visibility_timeout_s=2.0)
         assert _box_processes(UID_BASE + 16 * 2) == []
