@@ -176,10 +176,11 @@ class RedisService:
             task.cancel()
         await asyncio.gather(*self._loops[1:], return_exceptions=True)
         self._stopped.set()
-        for futures in self._waiters.values():
-            for f in futures:
-                if not f.done():
-                    f.set_result(None)
+        self._wake_all()
+        try:
+            await self._redis.aclose()
+        except RedisError:
+            pass
 
     async def _ensure_group(self) -> None:
         try:

@@ -23,7 +23,7 @@ from tests.e2e.conftest import Daemon, free_port, start_daemon
 WORKERS = 2
 # Box slot N runs as uid_base + 2N and + 1: each daemon here has a range of its own,
 # away from the other test modules' (60000-62999), varied by pid across test sessions.
-UID_BASE = 63_000 + 64 * (os.getpid() % 30)
+UID_BASE = 63_000 + 128 * (os.getpid() % 30)  # 8 daemons of 16 uids
 STATE_DIR = "/run/sandboxd-test-redis"
 
 
