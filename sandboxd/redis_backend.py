@@ -64,6 +64,7 @@ READ_BLOCK_MS = 1000
 # Cluster gauges (queue depth, oldest waiting job) are refreshed this often.
 GAUGES_S = 1.0
 MAX_BACKOFF_S = 5.0
+STOP_GRACE_S = 5.0
 
 T = TypeVar("T")
 
@@ -149,7 +150,7 @@ class RedisService:
         listening = asyncio.Event()
         self._loops = [
             asyncio.create_task(self._consume(), name="sandboxd-redis-consumer"),
-            asyncio.create_task(self._reclaim(), name="sandboxd-redis-reclaimer"),
+            asyncio.create_task(self._renew(), name="sandboxd-redis-renewer"),
             asyncio.create_task(self._listen(listening), name="sandboxd-redis-listener"),
             asyncio.create_task(self._watch(), name="sandboxd-redis-watch"),
         ]
@@ -166,20 +167,23 @@ class RedisService:
         consumer = self._loops[0] if self._loops else None
         if consumer is not None:
             consumer.cancel()
-            await asyncio.gather(consumer, return_exceptions=True)
+            await asyncio.wait([consumer], timeout=STOP_GRACE_S)
         if self._tasks:
             _, late = await asyncio.wait(list(self._tasks), timeout=deadline_s)
             for task in late:
                 task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+            if late:
+                await asyncio.wait(late, timeout=STOP_GRACE_S)
         for task in self._loops[1:]:
             task.cancel()
-        await asyncio.gather(*self._loops[1:], return_exceptions=True)
+        # Bounded: a connection stuck in a read must not hold the daemon's exit.
+        if self._loops[1:]:
+            await asyncio.wait(self._loops[1:], timeout=STOP_GRACE_S)
         self._stopped.set()
         self._wake_all()
         try:
-            await self._redis.aclose()
-        except RedisError:
+            await asyncio.wait_for(self._redis.aclose(), STOP_GRACE_S)
+        except (RedisError, TimeoutError):
             pass
 
     async def _ensure_group(self) -> None:
@@ -355,13 +359,24 @@ class RedisService:
     # -- consuming --------------------------------------------------------------------
 
     async def _consume(self) -> None:
-        """Read one new entry whenever a worker of this host is free."""
+        """Whenever a worker of this host is free: first a job whose host stopped
+        renewing its claim (looked for every third of the visibility timeout), else a
+        new entry. One loop, so a free worker is never held by two readers at once."""
         delay = 0.1
+        claim_every = max(self._visibility_ms / 3000, 0.2)
+        next_claim = 0.0
         while True:
             await self._slots.acquire()
             try:
+                if time.monotonic() >= next_claim:
+                    taken = await self._claim_one()
+                    if taken is not None:
+                        self._start(*taken)
+                        continue
+                    next_claim = time.monotonic() + claim_every
                 entries = await self._redis.xreadgroup(
-                    GROUP, self.consumer, {self._stream: ">"}, count=1, block=READ_BLOCK_MS)
+                    GROUP, self.consumer, {self._stream: ">"}, count=1,
+                    block=int(min(READ_BLOCK_MS, claim_every * 1000)))
             except ResponseError as e:
                 self._slots.release()
                 if "NOGROUP" in str(e):  # Redis lost its data: start the group again
@@ -387,51 +402,39 @@ class RedisService:
             entry_id, fields = messages[0]
             self._start(entry_id, fields)
 
-    async def _reclaim(self) -> None:
-        """Renew this host's claims; take over entries nobody renewed in time."""
+    async def _claim_one(self) -> tuple[Any, dict[bytes, bytes]] | None:
+        """One entry idle longer than the visibility timeout, now ours; or None."""
+        cursor: Any = "0-0"
+        while True:
+            reply: list[Any] = list(await self._redis.xautoclaim(
+                self._stream, GROUP, self.consumer, self._visibility_ms, start_id=cursor,
+                count=1))
+            cursor, claimed = reply[0], reply[1]
+            claimed = [(e, f) for e, f in claimed if f]  # f None: the entry was deleted
+            if claimed:
+                entry_id, fields = claimed[0]
+                log.warning("job %s: its host stopped answering; running it here",
+                            _text(fields.get(b"id", b"?")))
+                return entry_id, fields
+            if _text(cursor) == "0-0":
+                return None
+
+    async def _renew(self) -> None:
+        """Renew this host's claims on the jobs it runs: XCLAIM of its own entries
+        resets their idle time, so no other host takes them over."""
         interval = max(self._visibility_ms / 3000, 0.2)
-        cursor = "0-0"
         while True:
             await asyncio.sleep(interval)
+            if not self._running:
+                continue
             try:
-                if self._running:
-                    # XCLAIM of our own entries resets their idle time: we are alive.
-                    await self._redis.xclaim(self._stream, GROUP, self.consumer, 0,
-                                             list(self._running.values()), justid=True)
-                while not self._stopping and self._free_slot():
-                    try:
-                        reply = await self._redis.xautoclaim(
-                            self._stream, GROUP, self.consumer, self._visibility_ms,
-                            start_id=cursor, count=1)
-                    except BaseException:
-                        self._slots.release()
-                        raise
-                    parts: list[Any] = list(reply)
-                    cursor, claimed = parts[0], parts[1]
-                    claimed = [(e, f) for e, f in claimed if f]  # f None: entry deleted
-                    if not claimed:
-                        self._slots.release()
-                        if cursor in ("0-0", b"0-0"):
-                            break
-                        continue
-                    entry_id, fields = claimed[0]
-                    log.warning("job %s: its host stopped answering; running it here",
-                                _text(fields.get(b"id", b"?")))
-                    self._start(entry_id, fields)
-                    if cursor in ("0-0", b"0-0"):
-                        break
+                await self._redis.xclaim(self._stream, GROUP, self.consumer, 0,
+                                         list(self._running.values()), justid=True)
             except ResponseError as e:
                 if "NOGROUP" not in str(e):
                     raise
             except RedisError as e:
                 self._lost(e)
-
-    def _free_slot(self) -> bool:
-        if self._slots.locked():
-            return False
-        # Acquire without waiting (the semaphore has a free place).
-        self._slots._value -= 1  # noqa: SLF001 - asyncio.Semaphore has no try_acquire
-        return True
 
     def _start(self, entry_id: Any, fields: dict[bytes, bytes]) -> None:
         job_id = _text(fields.get(b"id", b""))
@@ -445,6 +448,7 @@ class RedisService:
         """Runs with one of this host's slots, taken by the caller; gives it back."""
         started = time.monotonic()
         released = False
+        counted = False  # this start is in the attempt count
 
         def release() -> None:
             nonlocal released
@@ -464,6 +468,7 @@ class RedisService:
             attempts = await self._retrying(
                 f"job {job_id}: count its start",
                 lambda: self._redis.hincrby(self._job_key(job_id), "attempts", 1))
+            counted = True
             if attempts > self._max_attempts:
                 await self._finish(job_id, entry_id, submission, _internal_error(
                     f"the host running this job stopped answering, {attempts - 1} times "
@@ -484,15 +489,18 @@ class RedisService:
             # entry stays claimed (renewed) until the store succeeds.
             self._slots.release()
             released = True
+            counted = False  # ran to its end: a stop now only delays storing the result
             await self._finish(job_id, entry_id, submission, result,
                                time.monotonic() - started, accepted_at)
             self._running.pop(job_id, None)
         except asyncio.CancelledError:
             # Cut short by stop(): left pending, it runs again elsewhere; not a crash.
-            try:
-                await self._redis.hincrby(self._job_key(job_id), "attempts", -1)
-            except RedisError:
-                pass
+            if counted:
+                try:
+                    await asyncio.wait_for(self._redis.hincrby(
+                        self._job_key(job_id), "attempts", -1), STOP_GRACE_S)
+                except (RedisError, TimeoutError):
+                    pass
             raise
         finally:
             release()
