@@ -9,11 +9,11 @@ PY := $(VENV)/bin/python
 LISTEN ?= 127.0.0.1:8080
 # The job journal of `make run`: in the checkout's git-ignored state/ (created if missing).
 JOURNAL ?= state/sandboxd.db
-# Build deps (libcap-dev for python-prctl), the seccomp runtime, and what the cgroup v2
-# VM lane boots with; then the toolchains, from the `packages` of languages.toml:
+# Build deps (libcap-dev for python-prctl), the seccomp runtime, what the cgroup v2
+# VM lane boots with, and the headless browser of the web console's tests; then the toolchains, from the `packages` of languages.toml:
 # every language by default, `make deps LANGUAGES="c cpp python3"` only those.
 BASE_PACKAGES := libcap-dev libseccomp2 python3-venv python3-dev gcc g++ make curl \
-	qemu-system-x86 busybox-static cpio kmod redis-server
+	qemu-system-x86 busybox-static cpio kmod chromium chromium-driver redis-server
 LANGUAGES ?=
 LANGUAGE_PACKAGES := $(shell $(PYTHON) -c 'import sys, tomllib; d = tomllib.load(open("languages.toml", "rb")); want = sys.argv[1:] or list(d); bad = [w for w in want if w not in d]; bad and sys.exit("unknown language(s): " + " ".join(bad)); print(*sorted({p for w in want for p in d[w].get("packages", [])}))' $(LANGUAGES))
 ifeq ($(LANGUAGE_PACKAGES),)

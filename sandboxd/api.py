@@ -60,6 +60,9 @@ WEBHOOKS_OFF = "webhooks are off: no host is on the allow-list (webhooks.allowed
 _JSON_MEDIA_TYPE = re.compile(r"application/(?:[a-z0-9!#$&^_.-]+\+)?json")
 # Paths that never need a token: a load balancer's health check has none.
 OPEN_PATHS = frozenset({"/health"})
+# The app's open paths: OPEN_PATHS, plus what a module that adds routes (the web
+# console's page and static files) registers there before the app starts.
+PUBLIC_PATHS = web.AppKey("public_paths", set[str])
 
 CallbackCheck = Callable[[str], str | None]
 
@@ -551,7 +554,7 @@ def _auth_middleware(check: TokenCheck) -> Callable[..., Awaitable[web.StreamRes
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         # Before routing answers: without a token even a 404 says nothing of the API.
-        if request.path not in OPEN_PATHS:
+        if request.path not in request.app[PUBLIC_PATHS]:
             problem = check.problem(request.headers.get(hdrs.AUTHORIZATION))
             if problem is not None:
                 message, challenge = problem
@@ -590,6 +593,7 @@ def create_app(service: JobService, languages: LanguageCatalog, config: Config, 
     if tokens.enabled:
         middlewares.append(_auth_middleware(tokens))
     app = web.Application(middlewares=middlewares, client_max_size=config.server.max_body_bytes)
+    app[PUBLIC_PATHS] = set(OPEN_PATHS)
     parser = SubmissionParser(languages, config, callback_check or refuse_all_callbacks)
     handlers = _Handlers(service, languages, config, metrics or Metrics(), parser)
     routes: Sequence[web.RouteDef] = [

@@ -218,6 +218,13 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleConfig:
+    # The web console at `/` (its page and static files need no token; the API calls
+    # it makes do). false: `/` and `/console/*` answer 404.
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -226,6 +233,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     webhooks: WebhookConfig = field(default_factory=WebhookConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
 
 
 def _build(defaults: Any, data: Any, where: str) -> Any:

@@ -13,11 +13,12 @@ import asyncio
 import ctypes
 import ipaddress
 import logging
+import platform
 import signal
 
 from aiohttp import web
 
-from sandboxd import api, redis_backend, webhooks
+from sandboxd import api, console, redis_backend, webhooks
 from sandboxd import languages as languages_mod
 from sandboxd.config import Config, journal_path
 from sandboxd.jail import seccomp
@@ -201,6 +202,10 @@ async def _serve(config: Config, host: str, port: int, registry: languages_mod.R
         app = api.create_app(
             service, registry, config, metrics=metrics,
             callback_check=lambda url: webhooks.validate_callback_url(url, config.webhooks))
+        if config.console.enabled:
+            console.add_console_routes(
+                app, service=service, languages=registry, config=config, metrics=metrics,
+                host=console.HostInfo(kernel=platform.release(), cgroup=sandbox.cgroup_version))
         app_runner = web.AppRunner(app, access_log=None)
         await app_runner.setup()
         site = web.TCPSite(app_runner, host, port)

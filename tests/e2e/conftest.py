@@ -47,11 +47,13 @@ class Daemon:
         return "<output not available while it runs>"
 
     def request(self, method: str, path: str, body: object = None, raw: bytes | None = None,
-                timeout: float = 60) -> tuple[int, dict | list, dict]:
+                timeout: float = 60,
+                headers: dict[str, str] | None = None) -> tuple[int, dict | list, dict]:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None
                                             else None)
         req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json",
+                                              **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return resp.status, json.loads(resp.read()), dict(resp.headers)

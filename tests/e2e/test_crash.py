@@ -84,6 +84,11 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+# The python3 run step exactly: its syntax-check step (`python3 -I -S -c ... main.py`)
+# also ends in main.py, and a kill that lands as the check finishes would hit no run.
+PYTHON_RUN_STEP = "/usr/bin/python3 main.py"
+
+
 def _live(pid: int) -> bool:
     """Exists and is not a zombie (a zombie is dead: it only waits for its reaper)."""
     state = _status_fields(pid).get("State", "Z")
@@ -255,7 +260,7 @@ def _programs_started() -> bool:
     """All three programs run: python main.py, and 3 live ./main (the stubborn one, and
     the double-forker's parent and grandchild)."""
     cmdlines = [c for _, _, c in _processes_with_uid_in(UID_RANGE)]
-    return (sum(c.endswith("main.py") for c in cmdlines) >= 1
+    return (sum(c == PYTHON_RUN_STEP for c in cmdlines) >= 1
             and sum(c == "./main" for c in cmdlines) >= 3)
 
 
@@ -363,7 +368,7 @@ def test_killed_fork_server_ends_running_jobs_as_internal_error_and_is_replaced(
                   wall_time_limit_ms=15_000)
     server = _fork_server_of(daemon)
     deadline = time.monotonic() + 60
-    while not any(_cmdline(p).endswith("main.py") and _live(p) for p in _descendants(server)):
+    while not any(_cmdline(p) == PYTHON_RUN_STEP and _live(p) for p in _descendants(server)):
         assert time.monotonic() < deadline, "the sleeper never started"
         time.sleep(0.02)
     assert daemon.request("GET", f"/result/{job}")[1]["status"] == "Running"

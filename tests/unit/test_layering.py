@@ -90,3 +90,11 @@ def test_webhooks_know_only_the_contract_and_pure_data(name, allowed):
     nothing of HTTP routes, the service, the runner or the kernel."""
     mods = imported_modules(PACKAGE / name)
     assert {".".join(m.split(".")[:2]) for m in mods} <= allowed, mods
+
+
+def test_console_is_an_http_client_of_the_api_and_the_metrics():
+    """The web console (wired in by server.py) sits beside the API: it serves files and
+    reads the metrics counters and the service's stats, never the runner or the kernel."""
+    mods = imported_modules(PACKAGE / "console" / "__init__.py")
+    allowed = {"sandboxd.api", "sandboxd.config", "sandboxd.metrics", "sandboxd.model"}
+    assert {".".join(m.split(".")[:2]) for m in mods} <= allowed, mods
