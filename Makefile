@@ -13,7 +13,7 @@ JOURNAL ?= state/sandboxd.db
 # VM lane boots with, and the headless browser of the web console's tests; then the toolchains, from the `packages` of languages.toml:
 # every language by default, `make deps LANGUAGES="c cpp python3"` only those.
 BASE_PACKAGES := libcap-dev libseccomp2 python3-venv python3-dev gcc g++ make curl \
-	qemu-system-x86 busybox-static cpio kmod chromium chromium-driver
+	qemu-system-x86 busybox-static cpio kmod chromium chromium-driver redis-server
 LANGUAGES ?=
 LANGUAGE_PACKAGES := $(shell $(PYTHON) -c 'import sys, tomllib; d = tomllib.load(open("languages.toml", "rb")); want = sys.argv[1:] or list(d); bad = [w for w in want if w not in d]; bad and sys.exit("unknown language(s): " + " ".join(bad)); print(*sorted({p for w in want for p in d[w].get("packages", [])}))' $(LANGUAGES))
 ifeq ($(LANGUAGE_PACKAGES),)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandboxd import __version__
-from sandboxd.config import Config, ConfigError, load
+from sandboxd.config import Config, ConfigError, load, validate_queue
 
 if TYPE_CHECKING:
     from sandboxd.model import Result, Submission
@@ -84,6 +84,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if not args.journal:
                 raise ConfigError('--journal: expected a file path, or "none"')
             config = replace(config, server=replace(config.server, journal=args.journal))
+        if args.redis is not None:
+            config = replace(config, queue=replace(config.queue, redis_url=args.redis))
+            validate_queue(config.queue)
         server.parse_listen(config.server.listen)
     except (ConfigError, server.StartupError) as e:
         return _fail(str(e))
@@ -274,6 +277,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--journal", metavar="PATH",
                        help='the job journal (SQLite; default /var/lib/sandboxd/sandboxd.db), '
                             'or "none" to keep jobs in memory only')
+    serve.add_argument("--redis", metavar="URL",
+                       help="overrides [queue] redis_url: share queue, results and cache with "
+                            "the other daemons using redis://HOST:PORT/DB")
     serve.set_defaults(func=cmd_serve)
 
     run = sub.add_parser(

@@ -13,10 +13,11 @@ import base64
 import binascii
 import hashlib
 import hmac
+import inspect
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
@@ -125,8 +126,9 @@ class JobService(Protocol):
         """Accept all of them or none; their ids in order."""
         ...
 
-    def get(self, job_id: str) -> Result | None:
-        """The job's result (pending or final); None if unknown, ResultExpired if gone."""
+    def get(self, job_id: str) -> Result | None | Awaitable[Result | None]:
+        """The job's result (pending or final); None if unknown, ResultExpired if gone.
+        A store that is not in this process (Redis) answers with an awaitable."""
         ...
 
     async def wait(self, job_id: str, timeout: float | None) -> Result:
@@ -138,6 +140,13 @@ class JobService(Protocol):
     def health_problem(self) -> str | None:
         """Why jobs cannot run right now, or None."""
         ...
+
+
+T = TypeVar("T")
+
+
+async def _resolved(value: T | Awaitable[T]) -> T:
+    return await value if inspect.isawaitable(value) else value  # type: ignore[return-value]
 
 
 class ApiError(Exception):
@@ -668,6 +677,8 @@ class _Handlers:
             raise ApiError(404, str(e)) from None
         except KeyError:
             raise ApiError(404, unknown_id(submission_id)) from None
+        except Unavailable as e:  # the shared store (Redis) cannot be read now
+            raise ApiError(503, str(e), {"Retry-After": str(RETRY_AFTER_S)}) from None
         if not result.status.is_final:
             # The wait cap passed: the client polls GET /result/{id} from here on.
             return json_response(
@@ -693,23 +704,25 @@ class _Handlers:
     async def result(self, request: web.Request) -> web.Response:
         submission_id = request.match_info["submission_id"]
         try:
-            result = self._service.get(submission_id)
+            result = await _resolved(self._service.get(submission_id))
         except ResultExpired as e:
             raise ApiError(404, str(e)) from None
+        except Unavailable as e:  # the shared store (Redis) cannot be read now
+            raise ApiError(503, str(e), {"Retry-After": str(RETRY_AFTER_S)}) from None
         if result is None:
             raise ApiError(404, unknown_id(submission_id))
         return json_response(result.to_json(submission_id))
 
     async def results(self, request: web.Request) -> web.Response:
         ids = _requested_ids(request, self._config.server.max_batch)
-        return json_response([self._result_entry(job_id) for job_id in ids])
+        return json_response([await self._result_entry(job_id) for job_id in ids])
 
-    def _result_entry(self, job_id: str) -> dict[str, Any]:
+    async def _result_entry(self, job_id: str) -> dict[str, Any]:
         # An id that is unknown or expired is an entry saying so, not a 404 for the
         # whole list: one evicted id must not hide the results of the others.
         try:
-            result = self._service.get(job_id)
-        except ResultExpired as e:
+            result = await _resolved(self._service.get(job_id))
+        except (ResultExpired, Unavailable) as e:
             return {"submission_id": job_id, "status": None, "error": str(e)}
         if result is None:
             return {"submission_id": job_id, "status": None, "error": unknown_id(job_id)}

@@ -206,6 +206,16 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class QueueConfig:
+    """Where jobs wait and results are kept: "" is this daemon alone (memory and the
+    journal); a redis:// URL shares queue, results and cache with every daemon using it."""
+
+    redis_url: str = ""
+    # A job whose host has not renewed its claim for this long runs again elsewhere.
+    visibility_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class AuthConfig:
     # API tokens (`Authorization: Bearer <token>`); empty: no authentication.
     tokens: tuple[str, ...] = ()
@@ -225,6 +235,7 @@ class Config:
     limits: RunLimits = field(default_factory=RunLimits)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
     webhooks: WebhookConfig = field(default_factory=WebhookConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
 
@@ -288,6 +299,7 @@ def validate(config: Config) -> None:
         raise ConfigError("sandbox.cgroup_version: expected auto, v1 or v2")
     if config.sandbox.cpu_share <= 0:
         raise ConfigError("sandbox.cpu_share: must be positive")
+    validate_queue(config.queue)
     if config.server.workers < 0 or config.server.queue_size < 1:
         raise ConfigError("server.workers must be >= 0 and server.queue_size >= 1")
     server = config.server
@@ -317,6 +329,15 @@ def validate(config: Config) -> None:
             "max_stdin_bytes + sandbox.output_limit_bytes, the largest job), not "
             f"{server.queue_budget_bytes}")
     validate_webhooks(config.webhooks)
+
+
+def validate_queue(queue: QueueConfig) -> None:
+    url = queue.redis_url
+    if url and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"queue.redis_url: expected redis://HOST:PORT/DB (or rediss://, "
+                          f"unix://), got {url!r}")
+    if not queue.visibility_timeout_s >= 1:
+        raise ConfigError("queue.visibility_timeout_s: must be at least 1 second")
 
 
 def validate_webhooks(hooks: WebhookConfig) -> None:

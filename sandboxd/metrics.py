@@ -11,6 +11,7 @@ Queue depth and running jobs are not events: they are read from the service's
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -95,6 +96,13 @@ class Metrics(Observer):
             self.webhook_attempts.labels(outcome)
         for outcome in ("delivered", "failed"):
             self.webhook_deliveries.labels(outcome)
+
+    def watch_cluster(self, oldest_waiting_s: Callable[[], float]) -> None:
+        """With a shared queue (Redis): the age of the cluster's oldest waiting job,
+        read at each scrape (with queue_depth, what an autoscaler needs)."""
+        Gauge("sandboxd_queue_oldest_waiting_seconds", "Age of the oldest job no host has "
+              "taken yet (all hosts sharing the queue).",
+              registry=self.registry).set_function(oldest_waiting_s)
 
     def render(self, stats: Stats) -> bytes:
         """The Prometheus text exposition, with the gauges read from `stats` now."""

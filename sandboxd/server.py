@@ -18,7 +18,7 @@ import signal
 
 from aiohttp import web
 
-from sandboxd import api, console, webhooks
+from sandboxd import api, console, redis_backend, webhooks
 from sandboxd import languages as languages_mod
 from sandboxd.config import Config, journal_path
 from sandboxd.jail import seccomp
@@ -141,6 +141,29 @@ async def open_journal(config: Config) -> Journal | None:
         raise StartupError(f"journal (server.journal, --journal): {e}") from None
 
 
+async def start_redis_service(runner: Runner, config: Config, metrics: Metrics,
+                              dispatcher: webhooks.Dispatcher) -> redis_backend.RedisService:
+    """The shared queue and result store of several hosts (queue.redis_url, --redis)."""
+    try:
+        client = await redis_backend.connect(config.queue.redis_url)
+        service = redis_backend.RedisService.from_config(runner, config, client,
+                                                         observer=metrics, notifier=dispatcher)
+        await service.start()
+    except redis_backend.RedisStartupError as e:
+        raise StartupError(f"queue.redis_url, --redis: {e}") from None
+    metrics.watch_cluster(lambda: service.oldest_waiting_s)
+    log.info("sandboxd: jobs queued on Redis %s as consumer %s",
+             _without_password(config.queue.redis_url), service.consumer)
+    return service
+
+
+def _without_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest
+
+
 async def serve(config: Config) -> None:
     return_large_buffers_to_the_os()
     host, port = parse_listen(config.server.listen)
@@ -168,10 +191,14 @@ async def _serve(config: Config, host: str, port: int, registry: languages_mod.R
         store = journal if journal is not None else webhooks.MemoryDeliveryStore()
         dispatcher = webhooks.Dispatcher(config.webhooks, store, observer=metrics)
         await dispatcher.start()
-        service = Service.from_config(runner, config, journal=journal, observer=metrics,
-                                      notifier=dispatcher)
-        # Recovers the journaled jobs: they start running before the port opens.
-        await service.start()
+        service: Service | redis_backend.RedisService
+        if config.queue.redis_url:
+            service = await start_redis_service(runner, config, metrics, dispatcher)
+        else:
+            service = Service.from_config(runner, config, journal=journal, observer=metrics,
+                                          notifier=dispatcher)
+            # Recovers the journaled jobs: they start running before the port opens.
+            await service.start()
         app = api.create_app(
             service, registry, config, metrics=metrics,
             callback_check=lambda url: webhooks.validate_callback_url(url, config.webhooks))
