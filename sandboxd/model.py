@@ -1,6 +1,6 @@
 """Pure data that crosses layers: submissions, limits, statuses and results.
 
-Nothing here does I/O. `Status` values are SPEC.md's exact strings, so they serialize as-is.
+Nothing here does I/O. `Status` values are the API's exact strings, so they serialize as-is.
 """
 
 from __future__ import annotations
