@@ -192,6 +192,41 @@ def test_output_is_shown_as_text_and_runs_no_script(browser, daemon):
         browser.switch_to.alert  # noqa: B018
 
 
+def test_tests_mode_runs_several_tests_and_lists_their_verdicts(browser, daemon):
+    open_console(browser, daemon.url)
+    wait_ready(browser)
+    Select(browser.find_element(By.ID, "language")).select_by_value("python3")
+    set_field(browser, "source", "print(int(input())*2)\n")
+    browser.find_element(By.ID, "tests-mode").click()
+    assert not browser.find_element(By.ID, "stdin").is_displayed()
+    browser.find_element(By.ID, "add-test").click()
+    rows = browser.find_elements(By.CSS_SELECTOR, "#test-rows .test-row")
+    assert len(rows) == 2
+    for row, (stdin, expected) in zip(rows, [("2", "4"), ("3", "7")], strict=True):
+        browser.execute_script("arguments[0].value = arguments[1]",
+                               row.find_element(By.CSS_SELECTOR, ".test-stdin"), stdin)
+        browser.execute_script("arguments[0].value = arguments[1]",
+                               row.find_element(By.CSS_SELECTOR, ".test-expected"), expected)
+    browser.find_element(By.ID, "copy-curl").click()
+    curl = wait(browser, lambda d: text_of(d, "curl"))
+    assert ('"tests":[{"stdin":"2","expected_output":"4"},{"stdin":"3","expected_output":"7"}]'
+            in curl), curl
+    assert '"stdin":""' not in curl
+    browser.find_element(By.ID, "run").click()
+    verdict = wait(browser, lambda d: (t := d.find_element(By.ID, "verdict").text).startswith(FINAL)
+                   and d.find_element(By.ID, "run").is_enabled() and t)
+    assert verdict == "Wrong Answer"
+    results = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#test-results tbody tr"))
+    cells = [[c.get_attribute("textContent") for c in r.find_elements(By.TAG_NAME, "td")]
+             for r in results]
+    assert [c[:2] for c in cells] == [["1", "Accepted"], ["2", "Wrong Answer"]], cells
+    assert all(c[2].endswith(" ms") and c[4].endswith(" KiB") for c in cells), cells
+    badges = browser.find_elements(By.CSS_SELECTOR, "#test-results .test-verdict")
+    assert [b.get_attribute("class") for b in badges] == [
+        "test-verdict v-accepted", "test-verdict v-wrong-answer"]
+    assert text_of(browser, "stdout") == "6\n"
+
+
 def test_console_without_a_token_is_refused_and_with_it_works(browser, small_daemon):
     open_console(browser, small_daemon.url)
     panel = wait(browser, lambda d: (p := d.find_element(By.ID, "token-panel")).is_displayed()

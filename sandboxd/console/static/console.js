@@ -80,9 +80,85 @@ function intField(id) {
   return text === "" ? undefined : Number(text);
 }
 
+// -- Tests mode: several stdin/expected pairs, judged at once ----------------------
+
+function testsMode() {
+  return $("tests-mode").checked;
+}
+
+function setTestsMode(on) {
+  $("tests-mode").checked = on;
+  $("single-io").hidden = on;
+  $("tests-io").hidden = !on;
+  if (on && !$("test-rows").children.length) addTestRow();
+}
+
+function codeArea(className, label) {
+  const area = document.createElement("textarea");
+  area.className = "code " + className;
+  area.rows = 3;
+  area.spellcheck = false;
+  area.setAttribute("aria-label", label);
+  return area;
+}
+
+function addTestRow(test) {
+  const item = document.createElement("li");
+  item.className = "test-row";
+  const io = document.createElement("div");
+  io.className = "row io";
+  const stdinLabel = document.createElement("label");
+  const stdin = codeArea("test-stdin", "Test stdin");
+  stdin.value = (test && test.stdin) || "";
+  stdinLabel.append(document.createTextNode("stdin "), stdin);
+  const expectedLabel = document.createElement("label");
+  const expected = codeArea("test-expected", "Test expected output");
+  expected.value = (test && test.expected_output) || "";
+  expectedLabel.append(document.createTextNode("Expected output (optional) "), expected);
+  io.append(stdinLabel, expectedLabel);
+  const remove = document.createElement("button");
+  remove.type = "button";
+  remove.className = "remove-test";
+  remove.textContent = "Remove";
+  remove.addEventListener("click", () => {
+    if ($("test-rows").children.length > 1) item.remove();
+    updateRemoveButtons();
+  });
+  item.append(io, remove);
+  $("test-rows").append(item);
+  updateRemoveButtons();
+}
+
+function updateRemoveButtons() {
+  const rows = $("test-rows").children;
+  for (const button of $("test-rows").querySelectorAll(".remove-test")) button.disabled = rows.length <= 1;
+}
+
+function setTestRows(tests) {
+  $("test-rows").replaceChildren();
+  for (const test of tests) addTestRow(test);
+  if (!tests.length) addTestRow();
+}
+
+function currentTests() {
+  const tests = [];
+  for (const item of $("test-rows").querySelectorAll(".test-row")) {
+    const test = { stdin: item.querySelector(".test-stdin").value };
+    const expected = item.querySelector(".test-expected").value;
+    if (expected !== "") test.expected_output = expected;
+    tests.push(test);
+  }
+  return tests;
+}
+
 function currentRequest() {
-  const body = { language: $("language").value, source: $("source").value, stdin: $("stdin").value };
-  if ($("expected").value !== "") body.expected_output = $("expected").value;
+  const body = { language: $("language").value, source: $("source").value };
+  if (testsMode()) {
+    body.tests = currentTests();
+  } else {
+    body.stdin = $("stdin").value;
+    if ($("expected").value !== "") body.expected_output = $("expected").value;
+  }
   const limits = { time_limit_ms: "time-limit", wall_time_limit_ms: "wall-limit", memory_limit_mb: "memory-limit" };
   for (const [field, id] of Object.entries(limits)) {
     const value = intField(id);
@@ -128,11 +204,38 @@ function showResult(result) {
   $("stdout").textContent = result.stdout || "";
   $("stderr").textContent = result.stderr || "";
   $("compile-output").textContent = result.compile_output || "";
+  showTestResults(result.tests);
+}
+
+function showTestResults(tests) {
+  const body = $("test-results").tBodies[0];
+  body.replaceChildren();
+  $("tests-result").hidden = !Array.isArray(tests) || !tests.length;
+  if ($("tests-result").hidden) return;
+  tests.forEach((test, i) => {
+    const row = document.createElement("tr");
+    const number = document.createElement("td");
+    number.textContent = String(i + 1);
+    const status = document.createElement("td");
+    const badge = document.createElement("span");
+    badge.className = "test-verdict " + verdictClass(test.status);
+    badge.textContent = test.status;
+    status.append(badge);
+    if (test.message) status.append(document.createTextNode(" " + test.message));
+    row.append(number, status);
+    for (const [value, unit] of [[test.time_ms, " ms"], [test.wall_time_ms, " ms"], [test.memory_kb, " KiB"]]) {
+      const cell = document.createElement("td");
+      cell.textContent = dash(value, unit);
+      row.append(cell);
+    }
+    body.append(row);
+  });
 }
 
 function clearResult() {
   for (const id of ["exit-code", "signal", "time", "wall-time", "memory"]) $(id).textContent = "–";
   for (const id of ["message", "stdout", "stderr", "compile-output"]) $(id).textContent = "";
+  showTestResults(null);
 }
 
 async function waitForResult(pending) {
@@ -188,8 +291,14 @@ function remember(body, result) {
     item.addEventListener("click", () => {
       $("language").value = entry.body.language;
       $("source").value = entry.body.source;
-      $("stdin").value = entry.body.stdin || "";
-      $("expected").value = entry.body.expected_output || "";
+      if (entry.body.tests) {
+        setTestRows(entry.body.tests);
+        setTestsMode(true);
+      } else {
+        $("stdin").value = entry.body.stdin || "";
+        $("expected").value = entry.body.expected_output || "";
+        setTestsMode(false);
+      }
       showResult(entry.result);
     });
     list.append(item);
@@ -309,6 +418,9 @@ function showView(name) {
 async function start() {
   for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showView(tab.dataset.view));
   $("run").addEventListener("click", run);
+  $("tests-mode").addEventListener("change", () => setTestsMode($("tests-mode").checked));
+  $("add-test").addEventListener("click", () => addTestRow());
+  setTestsMode($("tests-mode").checked);
   $("copy-curl").addEventListener("click", () => {
     const command = curlCommand(currentRequest());
     $("curl").textContent = command;
