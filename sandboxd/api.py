@@ -267,13 +267,7 @@ class SubmissionParser:
                              f"{config.server.max_source_bytes} bytes (server.max_source_bytes)")
         stdin = _string(data, "stdin", default="")
         _check_size("stdin", stdin, config.server.max_stdin_bytes, "server.max_stdin_bytes")
-        expected = data.get("expected_output")
-        if expected is not None and not isinstance(expected, str):
-            raise FieldError(400, "expected_output",
-                             f"must be a string or null, not {_json_type(expected)}")
-        if expected is not None:
-            _check_expected_output("expected_output", expected, checker,
-                                   config.sandbox.output_limit_bytes)
+        expected = _expected_output(data, checker, config.sandbox.output_limit_bytes)
         limits = config.limits
         time_ms = _limit(data, "time_limit_ms", limits.time_limit_ms,
                          limits.time_limit_ms.default)
@@ -428,13 +422,7 @@ class SubmissionParser:
             raise FieldError(400, None, f"unknown field(s): {', '.join(n[:100] for n in unknown)}"
                                         f" (a test has {', '.join(sorted(TEST_FIELDS))})")
         stdin = _string(item, "stdin", default="")
-        expected = item.get("expected_output")
-        if expected is not None and not isinstance(expected, str):
-            raise FieldError(400, "expected_output",
-                             f"must be a string or null, not {_json_type(expected)}")
-        if expected is not None:
-            _check_expected_output("expected_output", expected, checker,
-                                   self._config.sandbox.output_limit_bytes)
+        expected = _expected_output(item, checker, self._config.sandbox.output_limit_bytes)
         limits = self._config.limits
         time_ms = wall_ms = None
         if "time_limit_ms" in item:
@@ -556,6 +544,18 @@ def _check_size(name: str, value: str, maximum: int, setting: str) -> None:
     if size > maximum:
         raise FieldError(413, name, f"{size} bytes, over the maximum of {maximum} bytes "
                                     f"({setting})")
+
+
+def _expected_output(data: dict[str, Any], checker: str, output_limit: int) -> str | None:
+    """`expected_output` of a submission or a test: absent/null, or a string that some
+    output within the output limit could match."""
+    expected = data.get("expected_output")
+    if expected is not None and not isinstance(expected, str):
+        raise FieldError(400, "expected_output",
+                         f"must be a string or null, not {_json_type(expected)}")
+    if expected is not None:
+        _check_expected_output("expected_output", expected, checker, output_limit)
+    return expected
 
 
 def _check_expected_output(name: str, expected: str, checker: str, output_limit: int) -> None:

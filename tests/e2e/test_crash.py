@@ -222,11 +222,11 @@ def _config(uid_base: int) -> str:
             f"[server]\nworkers = {WORKERS}\n")
 
 
-def _cgroup_root_dirs() -> list[Path]:
-    """CGROUP_ROOT in every hierarchy the daemons use (parents of their `sandboxd`)."""
+def _cgroup_root_dirs(root: str = CGROUP_ROOT) -> list[Path]:
+    """`root` in every hierarchy the daemons use (parents of their `sandboxd`)."""
     from sandboxd.jail import cgroup as cg
 
-    backend = cg.detect(os.environ.get("SANDBOXD_TEST_CGROUP", "auto"), CGROUP_ROOT)
+    backend = cg.detect(os.environ.get("SANDBOXD_TEST_CGROUP", "auto"), root)
     if isinstance(backend, cg.V1Backend):
         return sorted({root.parent for root in backend.roots.values()})
     assert isinstance(backend, cg.V2Backend)

@@ -24,6 +24,7 @@ from tests.e2e.conftest import Daemon, start_daemon, stop_daemon
 from tests.e2e.test_crash import (
     _box_cgroups_of,
     _cgroup_members,
+    _cgroup_root_dirs,
     _live,
     _processes_with_uid_in,
     _reap_adopted_zombies,
@@ -153,16 +154,6 @@ def _config() -> str:
             f"[server]\nworkers = {WORKERS}\n")
 
 
-def _cgroup_root_dirs() -> list[Path]:
-    from sandboxd.jail import cgroup as cg
-
-    backend = cg.detect(os.environ.get("SANDBOXD_TEST_CGROUP", "auto"), CGROUP_ROOT)
-    if isinstance(backend, cg.V1Backend):
-        return sorted({root.parent for root in backend.roots.values()})
-    assert isinstance(backend, cg.V2Backend)
-    return [backend.base]
-
-
 @pytest.fixture(scope="module")
 def isolated(tmp_path_factory) -> Iterator[Path]:
     """Our own cgroup root and state directory; at the end a sweeper daemon removes
@@ -171,7 +162,7 @@ def isolated(tmp_path_factory) -> Iterator[Path]:
     tmp = tmp_path_factory.mktemp("durability")
     assert not _processes_with_uid_in(UID_RANGE), "uid range already in use on this host"
     made = []
-    for path in _cgroup_root_dirs():
+    for path in _cgroup_root_dirs(CGROUP_ROOT):
         if not path.exists():
             path.mkdir()
             made.append(path)
