@@ -16,6 +16,12 @@
     (6-10 are close-on-exec and used by the box's init and the program before execve;
     see cgroup.py, accounting_files)
 
+A caller may pass descriptors of its own for the program's stdin and/or stdout
+(`stdin_fd`, `stdout_fd`: a pipe between two boxes, say) instead of the memfd and the
+captured pipe. BoxFds then owns them: they go to the box like the ends it made and are
+closed with them. Nothing reads a passed stdout, so the output cap does not apply to it
+(the box's other limits do); stderr is still captured with its cap.
+
 Output pipes hold the whole cap: a runtime that writes its output and exits at once
 (Node.js drops pending pipe writes on `process.exit`) never waits for the daemon, so
 nothing is lost; only output past the cap can block, and that ends the run anyway.
@@ -82,11 +88,22 @@ class BoxFds:
     """Every descriptor of one box, opened all-or-nothing (see module docstring)."""
 
     def __init__(self, stdin: bytes, output_cap: int, merge_stderr: bool,
-                 accounting: tuple[str, str, str, str], program_procs: str) -> None:
+                 accounting: tuple[str, str, str, str], program_procs: str, *,
+                 stdin_fd: int | None = None, stdout_fd: int | None = None) -> None:
         self._opened: list[int] = []
+        # The caller's descriptors are ours from here on, whatever happens next.
+        self.out_r: int | None = None
+        if stdout_fd is not None:
+            self.out_w = self._keep(stdout_fd)
+        if stdin_fd is not None:
+            self.stdin = self._keep(stdin_fd)
         try:
-            self.stdin = self._keep(sealed_stdin(stdin))
-            self.out_r, self.out_w = self._keep_pair(output_pipe(output_cap))
+            if merge_stderr and stdout_fd is not None:
+                raise ValueError("merge_stderr needs the captured stdout, not a passed fd")
+            if stdin_fd is None:
+                self.stdin = self._keep(sealed_stdin(stdin))
+            if stdout_fd is None:
+                self.out_r, self.out_w = self._keep_pair(output_pipe(output_cap))
             if merge_stderr:
                 self.err_r: int | None = None
                 self.err_w = self.out_w

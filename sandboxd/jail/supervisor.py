@@ -19,6 +19,11 @@ program's execve on. Memory: the program has a memory cgroup of its own (cgroup.
 its limit is the setup's headroom (`SETUP_HEADROOM_BYTES`) until the execve, when the
 init narrows it to the exact limit and restarts the peak.
 
+A caller may give the program's stdin and/or stdout as descriptors of its own
+(`Sandbox.run(spec, stdin_fd=..., stdout_fd=...)`: e.g. the ends of pipes that cross
+two boxes running at once); the run owns and closes them, and returns an empty
+`stdout` for a passed one (pipes.py).
+
 Whatever ends the run, every process of the box is killed through the cgroup
 (v2 cgroup.kill, v1 freeze + SIGKILL + thaw), the cgroup is removed, and only
 then is the outcome returned. The daemon never forks: see forkserver.py.
@@ -182,18 +187,29 @@ class Sandbox:
 
     # -- running a box ----------------------------------------------------------------
 
-    async def run(self, spec: JailSpec) -> JailOutcome:
-        self._bind_loop()
-        self._ensure_forkserver()
-        assert self._client is not None
-        lim = spec.limits
+    async def run(self, spec: JailSpec, *, stdin_fd: int | None = None,
+                  stdout_fd: int | None = None) -> JailOutcome:
+        """Run `spec` in a fresh box. `stdin_fd`/`stdout_fd`: the program's stdin/stdout
+        instead of `spec.stdin` and the captured pipe; the run owns them (closes them
+        whatever happens), and the outcome's stdout is empty for a passed stdout."""
+        passed = [fd for fd in (stdin_fd, stdout_fd) if fd is not None]
         try:
-            box = self.cgroups.create(cg.CgroupLimits(lim.memory_bytes + SETUP_HEADROOM_BYTES,
-                                                      lim.processes, lim.cpu_share))
-        except OSError as e:
-            raise JailError(f"cannot create the box cgroup: {e}") from None
+            self._bind_loop()
+            self._ensure_forkserver()
+            assert self._client is not None
+            lim = spec.limits
+            try:
+                box = self.cgroups.create(cg.CgroupLimits(
+                    lim.memory_bytes + SETUP_HEADROOM_BYTES, lim.processes, lim.cpu_share))
+            except OSError as e:
+                raise JailError(f"cannot create the box cgroup: {e}") from None
+        except BaseException:
+            for fd in passed:
+                os.close(fd)
+            raise
         try:
-            return await _BoxRun(self._client, box, spec, self.slot_ids(spec.slot)).run()
+            return await _BoxRun(self._client, box, spec, self.slot_ids(spec.slot),
+                                 stdin_fd=stdin_fd, stdout_fd=stdout_fd).run()
         finally:
             await _destroy(box)
 
@@ -215,8 +231,11 @@ class _BoxRun:
     """One box from spawn to outcome: the protocol and the watchdog (pipes.py reads)."""
 
     def __init__(self, client: _ForkServerClient, box: cg.Cgroup, spec: JailSpec,
-                 ids: SlotIds) -> None:
+                 ids: SlotIds, *, stdin_fd: int | None = None,
+                 stdout_fd: int | None = None) -> None:
         self.client = client
+        self.stdin_fd = stdin_fd  # owned from here on: BoxFds closes them
+        self.stdout_fd = stdout_fd
         self.box = box
         self.spec = spec
         self.limits: BoxLimits = spec.limits
@@ -284,12 +303,15 @@ class _BoxRun:
 
     async def run(self) -> JailOutcome:
         self.fds = fds = BoxFds(self.spec.stdin, self.limits.output_bytes, self.spec.merge_stderr,
-                     self.box.accounting_files, self.box.program_procs_file)
+                     self.box.accounting_files, self.box.program_procs_file,
+                     stdin_fd=self.stdin_fd, stdout_fd=self.stdout_fd)
         kills = self.limits.output_overflow_kills
         try:
-            self.stdout = OutputReader(fds.out_r, self.limits.output_bytes, kills=kills,
-                                       on_overflow=self._on_overflow)
-            fds.release(fds.out_r)
+            self.stdout: OutputReader | None = None
+            if fds.out_r is not None:  # None: the caller's descriptor, not ours to read
+                self.stdout = OutputReader(fds.out_r, self.limits.output_bytes, kills=kills,
+                                           on_overflow=self._on_overflow)
+                fds.release(fds.out_r)
             self.stderr = None
             if fds.err_r is not None:
                 self.stderr = OutputReader(fds.err_r, self.limits.output_bytes, kills=kills,
@@ -464,7 +486,7 @@ class _BoxRun:
             cpu_ms=cpu_ms,
             wall_ms=wall_ms,
             memory_bytes=self._program_memory(report, stats),
-            stdout=bytes(self.stdout.buf),
+            stdout=bytes(self.stdout.buf) if self.stdout else b"",
             stderr=bytes(self.stderr.buf) if self.stderr else b"",
             cpu_exceeded=cpu_exceeded,
             wall_exceeded=self.wall_exceeded,
