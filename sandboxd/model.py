@@ -89,6 +89,9 @@ class Submission:
     # With checker "custom": the checker program and its language.
     checker_source: str | None = None
     checker_language: str | None = None
+    # An interactive problem: the interactor program and its language (interactive.py).
+    interactor_source: str | None = None
+    interactor_language: str | None = None
     files: tuple[ExtraFile, ...] = ()
     # Appended to the language's compile command (argv items on the API's allow-list).
     compiler_options: tuple[str, ...] = ()
@@ -101,6 +104,7 @@ class Submission:
         expected = self.expected_output or ""
         size = utf8_size(self.source) + utf8_size(self.stdin) + utf8_size(expected)
         size += utf8_size(self.checker_source or "")
+        size += utf8_size(self.interactor_source or "")
         size += sum(len(f.content) for f in self.files)
         size += sum(utf8_size(a) for a in self.command_line_arguments)
         size += sum(utf8_size(a) for a in self.compiler_options)

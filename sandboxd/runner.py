@@ -7,7 +7,9 @@ finds it there. The daemon itself never reads what a box wrote (workspace.py).
 With `tests`, the program is compiled once and each test runs in a fresh box over
 a fresh tmpfs of its own (/tmp, /dev/shm), the compiled /box bound read-only; a custom
 checker is compiled once into a workspace of its own and runs the same way, its three
-files written by the daemon into the new /tmp before the box starts.
+files written by the daemon into the new /tmp before the box starts. An interactor
+(interactive problems) is compiled the same way, and each run is then a pair of boxes
+talking over pipes: interactive.py.
 
 The compile step is the language's compiler, or for an interpreted language its
 syntax check (languages.toml `check`): either way a source that does not parse is a
@@ -24,9 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sandboxd.config import MIB, Config
+from sandboxd.interactive import Interactor, run_pair
 from sandboxd.jail.spec import Bind, BoxLimits, JailError, JailOutcome, JailSpec, SeccompProfile
 from sandboxd.jail.supervisor import Sandbox
-from sandboxd.jail.workspace import Workspace
+from sandboxd.jail.workspace import Workspace, write_new_file
 from sandboxd.languages import Language, Registry, StepSizes, parse_version
 from sandboxd.model import CUSTOM_CHECKER, JudgeCase, Limits, Result, Status, Submission
 from sandboxd.observer import Observer
@@ -87,18 +90,6 @@ def _with_skipped_tests(result: Result, submission: Submission) -> Result:
     return dataclasses.replace(result, extra={"tests": [SKIPPED_TEST] * len(submission.tests)})
 
 
-def _write_new_file(path: str, content: bytes) -> None:
-    """A new read-only file in a directory no box has seen yet (never follows a link)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o444)
-    try:
-        view = memoryview(content)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
-
-
 @dataclass(frozen=True)
 class _Checker:
     """A compiled custom checker: its language, and its /box to bind read-only."""
@@ -143,6 +134,16 @@ class Runner:
                     if isinstance(checker_or_error, Result):
                         return _with_skipped_tests(checker_or_error, submission)
                     checker = checker_or_error
+                interactor: Interactor | None = None
+                if submission.interactor_source is not None:
+                    # Like the checker: an interactor that does not compile fails the job.
+                    assert submission.interactor_language is not None
+                    helper = await self._compile_helper(
+                        submission.interactor_language, submission.interactor_source,
+                        "the interactor", slot, workspaces)
+                    if isinstance(helper, Result):
+                        return _with_skipped_tests(helper, submission)
+                    interactor = Interactor(*helper)
                 workspace = self._workspace(slot)
                 workspaces.append(workspace)
                 # A UTF-8 BOM (Windows editors) is no part of the program: javac calls it
@@ -159,7 +160,11 @@ class Runner:
                                                    submission)
                 if submission.tests is not None:
                     return await self._run_tests(lang, submission, submission.tests, compiled,
-                                                 slot, workspace, checker)
+                                                 slot, workspace, checker, interactor)
+                if interactor is not None:
+                    return await run_pair(self, lang, submission, submission.limits, slot,
+                                          workspace.binds_for_next_step(), submission.stdin,
+                                          submission.expected_output, compiled, interactor)
                 ran = await self._run_step(lang, submission, submission.limits, slot,
                                            workspace.binds_for_next_step(), submission.stdin)
                 return await self._judge(lang, submission, compiled, ran, submission.stdin,
@@ -187,11 +192,20 @@ class Runner:
     async def _compile_checker(self, submission: Submission, slot: int,
                                workspaces: list[Workspace]) -> _Checker | Result:
         assert submission.checker_language is not None and submission.checker_source is not None
-        lang = self.languages[submission.checker_language]
+        helper = await self._compile_helper(submission.checker_language,
+                                            submission.checker_source, "the custom checker",
+                                            slot, workspaces)
+        return helper if isinstance(helper, Result) else _Checker(*helper)
+
+    async def _compile_helper(self, language: str, source: str, what: str, slot: int,
+                              workspaces: list[Workspace]) -> tuple[Language, Bind] | Result:
+        """Compile a program of the problem's (a checker, an interactor) into a workspace
+        of its own: its language and its /box to bind read-only, or the Internal Error
+        saying it did not compile (never a verdict against the solution)."""
+        lang = self.languages[language]
         workspace = self._workspace(slot)
         workspaces.append(workspace)
-        workspace.write_file(lang.source,
-                             submission.checker_source.removeprefix(BOM).encode())
+        workspace.write_file(lang.source, source.removeprefix(BOM).encode())
         compiled = await self._compile(lang, slot, workspace)
         if compiled is not None:
             verdict = decided_by_compile(compiled)
@@ -200,8 +214,8 @@ class Runner:
                 why = failed.message if verdict is Status.INTERNAL_ERROR else (
                     f"{verdict.value}:\n{failed.compile_output}")
                 return Result(status=Status.INTERNAL_ERROR,
-                              message=f"the custom checker did not compile: {why}")
-        return _Checker(lang, Bind(str(workspace.path / "box"), "/box", writable=False))
+                              message=f"{what} did not compile: {why}")
+        return lang, Bind(str(workspace.path / "box"), "/box", writable=False)
 
     async def _judge(self, lang: Language, submission: Submission,
                      compiled: JailOutcome | None, ran: JailOutcome, stdin: str,
@@ -238,7 +252,7 @@ class Runner:
             paths = []
             for name, content in (("input.txt", stdin.encode()), ("output.txt", output),
                                   ("expected.txt", expected.encode())):
-                _write_new_file(os.path.join(tmp, name), content)
+                write_new_file(os.path.join(tmp, name), content)
                 paths.append(f"/tmp/{name}")
             lang = checker.language
             limits = self.config.limits
@@ -267,7 +281,8 @@ class Runner:
 
     async def _run_tests(self, lang: Language, submission: Submission,
                          tests: tuple[JudgeCase, ...], compiled: JailOutcome | None, slot: int,
-                         workspace: Workspace, checker: _Checker | None) -> Result:
+                         workspace: Workspace, checker: _Checker | None,
+                         interactor: Interactor | None = None) -> Result:
         """Each test in a fresh box over its own fresh tmpfs (/tmp, /dev/shm), the
         compiled /box bound read-only: no test can change the program or leave anything
         for the next one."""
@@ -290,12 +305,19 @@ class Runner:
             scratch = self._workspace(slot)
             try:
                 binds = tuple(b for b in scratch.binds_for_next_step() if b.target != "/box")
-                ran = await self._run_step(lang, submission, limits, slot, (program, *binds),
-                                           case.stdin)
+                if interactor is not None:  # a fresh pair of boxes for each test
+                    judged = await run_pair(self, lang, submission, limits, slot,
+                                            (program, *binds), case.stdin,
+                                            case.expected_output, compiled, interactor)
+                else:
+                    ran = await self._run_step(lang, submission, limits, slot,
+                                               (program, *binds), case.stdin)
             finally:
                 scratch.destroy()
-            last = await self._judge(lang, submission, compiled, ran, case.stdin,
-                                     case.expected_output, slot, checker)
+            if interactor is None:
+                judged = await self._judge(lang, submission, compiled, ran, case.stdin,
+                                           case.expected_output, slot, checker)
+            last = judged
             entry = _test_entry(last)
             output_budget -= _trim_output(entry, output_budget)
             entries.append(entry)

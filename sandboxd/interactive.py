@@ -1,0 +1,195 @@
+"""Interactive problems: the solution and the interactor in two boxes at once, pipes crossed.
+
+For each run (the single `stdin`, or each of `tests`) the daemon creates two kernel
+pipes and hands their ends to the two boxes (`Sandbox.run(stdin_fd=, stdout_fd=)`):
+the solution's stdout is the interactor's stdin and the interactor's stdout is the
+solution's stdin. The daemon relays no bytes and holds no end once both boxes have
+theirs, so either side ending is seen by the other at once (EOF on read, SIGPIPE or
+EPIPE on write). Each box has its own cgroup and limits: the solution the
+submission's, the interactor generous ones like the custom checker's (the maximum CPU
+time, the default memory) and a wall limit `INTERACTOR_WALL_GRACE_MS` longer than the
+solution's, so when both wait for each other (a deadlock, a solution that never
+answers or never reads) the solution's wall limit ends it first: Time Limit Exceeded
+(idleness), then the interactor sees EOF and ends too. Nothing waits forever.
+
+The interactor follows testlib's conventions: argv[1] is the test's input
+(/tmp/input.txt), argv[2] a file it may write (/tmp/output.txt, never read back),
+argv[3] the expected output (/tmp/expected.txt) when the test has one; the input and
+expected files are written by the daemon into the interactor box's new /tmp before it
+starts, read-only. Its exit code: 0 Accepted, 1 Wrong Answer, 2 (presentation error)
+Wrong Answer; anything else (another code, a signal, a limit) is the interactor's
+failure: an Internal Error that says so, never a verdict against the solution. Its
+stdout is the protocol (the solution read it); its stderr is the result's
+`interactor_message`.
+
+The verdict, first row that applies (`decide_pair`):
+
+1. either box failed to set up: Internal Error;
+2. the solution was killed by SIGPIPE: it wrote after the interactor had closed its
+   end, so the interactor had finished: the interactor's verdict (rows 4-5);
+3. the solution broke a limit or failed (Time Limit / Memory Limit / Runtime Error):
+   that verdict; except a Runtime Error after the interactor had already ended with
+   Wrong Answer (the solution then failed on the closed pipe): Wrong Answer, and a
+   Runtime Error after the interactor had already failed: Internal Error;
+4. the interactor failed: Internal Error;
+5. the interactor's exit code: Accepted or Wrong Answer.
+
+"Already ended" is the order in which the daemon saw the boxes end. Every process of
+a box holds its pipe ends until the box is gone, so the box whose end caused the
+other's (EOF, SIGPIPE) is always gone before the other can even notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sandboxd.jail.spec import Bind, JailOutcome, JailSpec
+from sandboxd.jail.workspace import write_new_file
+from sandboxd.languages import Language, StepSizes
+from sandboxd.model import Limits, Result, Status, Submission
+from sandboxd.verdict import decide, decode, internal_error_message, to_result
+
+if TYPE_CHECKING:
+    from sandboxd.runner import Runner
+
+# The interactor outlives the solution's wall limit by this much, so a pair waiting
+# on each other ends with the solution's Time Limit Exceeded, not the interactor's.
+INTERACTOR_WALL_GRACE_MS = 1000
+# The interactor's stderr kept in the result.
+INTERACTOR_MESSAGE_CHARS = 4000
+# What the result's `stdout` says: the solution's output went to the interactor.
+SOLUTION_STDOUT_NOTE = ""
+INTERACTOR_ARGS = ("/tmp/input.txt", "/tmp/output.txt", "/tmp/expected.txt")
+
+
+@dataclass(frozen=True)
+class Interactor:
+    """A compiled interactor: its language, and its /box to bind read-only."""
+
+    language: Language
+    box: Bind
+
+
+@dataclass(frozen=True)
+class InteractorVerdict:
+    """What the interactor's own end says: Accepted, Wrong Answer or (its failure)
+    Internal Error, with why, and its stderr."""
+
+    status: Status
+    failure: str | None
+    stderr: str
+
+
+def interactor_verdict(outcome: JailOutcome, lang: Language) -> InteractorVerdict:
+    """Exit 0: Accepted; 1 or 2: Wrong Answer; anything else: the interactor failed."""
+    ended = decide(None, outcome, None, lang.out_of_memory)
+    stderr = decode(outcome.stderr)[:INTERACTOR_MESSAGE_CHARS]
+    if ended is Status.ACCEPTED:
+        return InteractorVerdict(Status.ACCEPTED, None, stderr)
+    if ended is Status.RUNTIME_ERROR and outcome.signal is None and outcome.exit_code in (1, 2):
+        return InteractorVerdict(Status.WRONG_ANSWER, None, stderr)
+    why = (internal_error_message(None, outcome) if ended is Status.INTERNAL_ERROR
+           else f"{ended.value} (exit code {outcome.exit_code}, signal {outcome.signal})")
+    return InteractorVerdict(Status.INTERNAL_ERROR, f"the interactor failed: {why}", stderr)
+
+
+def decide_pair(solution: Status, solution_signal: int | None, interactor: InteractorVerdict,
+                interactor_ended_first: bool) -> Status:
+    """The verdict of one interactive run: the table of the module docstring, rows
+    2-5 (row 1, a box that failed to set up, is the caller's: it has no outcome to
+    judge). `solution` is the solution's own status (verdict.decide without an expected
+    output: Accepted for a clean exit)."""
+    if solution_signal == signal.SIGPIPE:
+        return interactor.status
+    if solution is not Status.ACCEPTED:
+        if solution is Status.RUNTIME_ERROR and interactor_ended_first and (
+                interactor.status is not Status.ACCEPTED):
+            return interactor.status
+        return solution
+    return interactor.status
+
+
+async def run_pair(runner: Runner, lang: Language, submission: Submission, limits: Limits,
+                   slot: int, binds: tuple[Bind, ...], stdin: str, expected: str | None,
+                   compiled: JailOutcome | None, interactor: Interactor) -> Result:
+    """Run the solution (`binds`: its /box and scratch dirs) against the interactor,
+    the test's `stdin` and `expected` given to the interactor as files; the verdict."""
+    scratch = runner._workspace(slot)
+    try:
+        interactor_binds = tuple(b for b in scratch.binds_for_next_step() if b.target != "/box")
+        [tmp] = [b.source for b in interactor_binds if b.target == "/tmp"]
+        files = [("input.txt", stdin.encode())]
+        if expected is not None:
+            files.append(("expected.txt", expected.encode()))
+        for name, content in files:
+            write_new_file(os.path.join(tmp, name), content)
+        args = INTERACTOR_ARGS if expected is not None else INTERACTOR_ARGS[:2]
+        solution_spec = runner._spec(
+            lang, lang.run_argv(StepSizes.run(runner.config, limits.memory_limit_mb))
+            + submission.command_line_arguments, runner._run_limits(lang, limits), slot, binds)
+        ilang = interactor.language
+        config_limits = runner.config.limits
+        ilimits = Limits(time_limit_ms=config_limits.time_limit_ms.max,
+                         wall_time_limit_ms=limits.wall_time_limit_ms + INTERACTOR_WALL_GRACE_MS,
+                         memory_limit_mb=config_limits.memory_limit_mb.default)
+        interactor_spec = runner._spec(
+            ilang, ilang.run_argv(StepSizes.run(runner.config, ilimits.memory_limit_mb)) + args,
+            runner._run_limits(ilang, ilimits), slot, (interactor.box, *interactor_binds))
+        ran, talked, interactor_first = await _run_both(runner, solution_spec, interactor_spec)
+        runner.observer.run_step(lang.id, ran.wall_ms / 1000)
+        runner.observer.run_step(ilang.id, talked.wall_ms / 1000)
+    finally:
+        scratch.destroy()
+    solution_status = decide(compiled, ran, None, lang.out_of_memory)
+    if solution_status is Status.INTERNAL_ERROR:
+        return to_result(solution_status, compiled, ran)
+    verdict = interactor_verdict(talked, ilang)
+    if talked.setup_error is not None:
+        return Result(status=Status.INTERNAL_ERROR, message=verdict.failure)
+    status = decide_pair(solution_status, ran.signal, verdict, interactor_first)
+    result = to_result(Status.ACCEPTED if status is Status.INTERNAL_ERROR else status,
+                       compiled, ran)
+    result = dataclasses.replace(result, stdout=SOLUTION_STDOUT_NOTE,
+                                 extra={**result.extra, "interactor_message": verdict.stderr})
+    if status is Status.INTERNAL_ERROR:
+        result = dataclasses.replace(result, status=status, message=verdict.failure)
+    return result
+
+
+async def _run_both(runner: Runner, solution_spec: JailSpec, interactor_spec: JailSpec
+                    ) -> tuple[JailOutcome, JailOutcome, bool]:
+    """Both boxes at once over two crossed pipes; their outcomes, and whether the
+    interactor's box ended first. Each run owns the pipe ends it was given."""
+    to_interactor_r, to_interactor_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        to_solution_r, to_solution_w = os.pipe2(os.O_CLOEXEC)
+    except BaseException:
+        os.close(to_interactor_r)
+        os.close(to_interactor_w)
+        raise
+    ended: dict[str, float] = {}
+
+    def run(name: str, spec: JailSpec, stdin_fd: int, stdout_fd: int) -> asyncio.Task[JailOutcome]:
+        task = asyncio.ensure_future(
+            runner.sandbox.run(spec, stdin_fd=stdin_fd, stdout_fd=stdout_fd))
+        task.add_done_callback(lambda _: ended.setdefault(name, time.monotonic()))
+        return task
+
+    tasks = [run("solution", solution_spec, to_solution_r, to_interactor_w),
+             run("interactor", interactor_spec, to_interactor_r, to_solution_w)]
+    try:
+        await asyncio.wait(tasks)
+    except BaseException:
+        # Cancelled (the daemon is stopping): both boxes are killed, never left running.
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+        raise
+    solution, interactor = (task.result() for task in tasks)  # a JailError propagates
+    return solution, interactor, ended["interactor"] < ended["solution"]
