@@ -46,18 +46,11 @@ log = logging.getLogger(__name__)
 # Seconds a client should wait before retrying when the queue is full.
 RETRY_AFTER_S = 1
 
-# Fields of the contract whose features are not built yet: accepted by name, refused.
-LATER_FIELDS = frozenset(
-    {
-        "interactor_source",
-        "interactor_language",
-    }
-)
 REQUIRED_FIELDS = ("language", "source")
 LIMIT_FIELDS = ("time_limit_ms", "wall_time_limit_ms", "memory_limit_mb")
 JUDGING_FIELDS = ("tests", "stop_on_first_failure", "checker", "checker_epsilon",
                   "checker_source", "checker_language", "files", "command_line_arguments",
-                  "compiler_options")
+                  "compiler_options", "interactor_source", "interactor_language")
 KNOWN_FIELDS = frozenset(
     {*REQUIRED_FIELDS, "stdin", "expected_output", *LIMIT_FIELDS, "callback_url", "cache",
      *JUDGING_FIELDS})
@@ -256,13 +249,16 @@ class SubmissionParser:
         compiler_options = self._compiler_options(data, language)
         checker = self._checker(data)
         checker_source, checker_language = self._checker_program(data)
+        interactor_source, interactor_language = self._interactor(data)
+        helper_source = checker_source or interactor_source
         program_bytes = (utf8_size(source) + sum(len(f.content) for f in files)
                          + sum(utf8_size(a) for a in (*arguments, *compiler_options))
-                         + utf8_size(checker_source or ""))
+                         + utf8_size(helper_source or ""))
         if program_bytes > config.server.max_source_bytes and (
-                files or arguments or compiler_options or checker_source):
-            raise FieldError(413, "files" if files or arguments else "checker_source",
-                             f"source, files, command_line_arguments and checker_source are "
+                files or arguments or compiler_options or helper_source):
+            helper = "interactor_source" if interactor_source else "checker_source"
+            raise FieldError(413, "files" if files or arguments else helper,
+                             f"source, files, command_line_arguments and {helper} are "
                              f"{program_bytes} bytes together, over the maximum of "
                              f"{config.server.max_source_bytes} bytes (server.max_source_bytes)")
         stdin = _string(data, "stdin", default="")
@@ -290,6 +286,8 @@ class SubmissionParser:
             checker_epsilon=self._checker_epsilon(data),
             checker_source=checker_source,
             checker_language=checker_language,
+            interactor_source=interactor_source,
+            interactor_language=interactor_language,
             files=files,
             compiler_options=compiler_options,
             command_line_arguments=arguments,
@@ -369,6 +367,23 @@ class SubmissionParser:
         source = _string(data, "checker_source")
         language = self._language(data, "checker_language")
         return source, language
+
+    def _interactor(self, data: dict[str, Any]) -> tuple[str | None, str | None]:
+        """An interactive problem's interactor: both fields or neither. The interactor
+        decides, so no `checker` applies (there is no stdout to compare)."""
+        given = [name for name in ("interactor_source", "interactor_language") if name in data]
+        if not given:
+            return None, None
+        for name in ("interactor_source", "interactor_language"):
+            if name not in data:
+                raise FieldError(400, name, f"required with {given[0]}")
+        if "checker" in data:
+            raise FieldError(400, "checker", "does not apply to an interactive problem: "
+                                             "the interactor decides")
+        source = _string(data, "interactor_source")
+        if not source:
+            raise FieldError(400, "interactor_source", "must not be empty")
+        return source, self._language(data, "interactor_language")
 
     def _checker_epsilon(self, data: dict[str, Any]) -> float:
         epsilon = data.get("checker_epsilon", DEFAULT_CHECKER_EPSILON)
@@ -572,13 +587,10 @@ def _check_expected_output(name: str, expected: str, checker: str, output_limit:
 
 
 def _check_field_names(data: dict[str, Any]) -> None:
-    unknown = sorted(set(data) - KNOWN_FIELDS - LATER_FIELDS)
+    unknown = sorted(set(data) - KNOWN_FIELDS)
     if unknown:
         names = ", ".join(name[:100] for name in unknown)
         raise FieldError(400, None, f"unknown field(s): {names}")
-    later = sorted(set(data) & LATER_FIELDS)
-    if later:
-        raise FieldError(400, None, f"{', '.join(later)}: not supported yet")
     missing = [name for name in REQUIRED_FIELDS if name not in data]
     if missing:
         raise FieldError(400, None, f"missing required field(s): {', '.join(missing)}")

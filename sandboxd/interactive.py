@@ -53,7 +53,7 @@ from sandboxd.jail.spec import Bind, JailOutcome, JailSpec
 from sandboxd.jail.workspace import write_new_file
 from sandboxd.languages import Language, StepSizes
 from sandboxd.model import Limits, Result, Status, Submission
-from sandboxd.verdict import decide, decode, internal_error_message, to_result
+from sandboxd.verdict import OutOfMemory, decide, decode, internal_error_message, to_result
 
 if TYPE_CHECKING:
     from sandboxd.runner import Runner
@@ -86,9 +86,11 @@ class InteractorVerdict:
     stderr: str
 
 
-def interactor_verdict(outcome: JailOutcome, lang: Language) -> InteractorVerdict:
-    """Exit 0: Accepted; 1 or 2: Wrong Answer; anything else: the interactor failed."""
-    ended = decide(None, outcome, None, lang.out_of_memory)
+def interactor_verdict(outcome: JailOutcome, out_of_memory: OutOfMemory | None = None
+                       ) -> InteractorVerdict:
+    """Exit 0: Accepted; 1 or 2: Wrong Answer; anything else: the interactor failed
+    (`out_of_memory`: its language's signature, to name a memory limit as such)."""
+    ended = decide(None, outcome, None, out_of_memory)
     stderr = decode(outcome.stderr)[:INTERACTOR_MESSAGE_CHARS]
     if ended is Status.ACCEPTED:
         return InteractorVerdict(Status.ACCEPTED, None, stderr)
@@ -149,7 +151,7 @@ async def run_pair(runner: Runner, lang: Language, submission: Submission, limit
     solution_status = decide(compiled, ran, None, lang.out_of_memory)
     if solution_status is Status.INTERNAL_ERROR:
         return to_result(solution_status, compiled, ran)
-    verdict = interactor_verdict(talked, ilang)
+    verdict = interactor_verdict(talked, ilang.out_of_memory)
     if talked.setup_error is not None:
         return Result(status=Status.INTERNAL_ERROR, message=verdict.failure)
     status = decide_pair(solution_status, ran.signal, verdict, interactor_first)

@@ -36,6 +36,8 @@ PLACEHOLDERS = ("memory_limit_mb", "heap_limit_mb", "stack_limit_kb")
 STACK_MARGIN_KB = 1024
 # The JVM refuses -Xss above 1 GiB; a deeper stack than that no judge needs.
 MAX_STACK_KB = 1024 * 1024
+# What a language can be used for (GET /languages `usable_as`): all of it, every one.
+ROLES = ("program", "checker", "interactor")
 
 
 class LanguageError(Exception):
@@ -181,6 +183,8 @@ class Language:
             "available": unavailable is None,
             "unavailable_reason": unavailable,
             "packages": list(self.packages),
+            # Every language can run a solution, a custom checker or an interactor.
+            "usable_as": list(ROLES),
         }
 
 

@@ -136,7 +136,8 @@ def test_validation_errors_name_field_and_rule(daemon):
          "memory_limit_mb: 2048 is out of range: allowed 4..1024 (limits.memory_limit_mb)"),
         ({**HELLO, "cache": "yes"}, "cache: must be true or false, not a string"),
         ({**HELLO, "colour": 1}, "unknown field(s): colour"),
-        ({**HELLO, "interactor_source": ""}, "interactor_source: not supported yet"),
+        ({**HELLO, "interactor_source": "x"},
+         "interactor_language: required with interactor_source"),
     ]
     for body, error in cases:
         status, answer, _ = call(daemon, "POST", "/execute", body)

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from sandboxd.api import LATER_FIELDS, WEBHOOKS_OFF, CallbackCheck, create_app
+from sandboxd.api import WEBHOOKS_OFF, CallbackCheck, create_app
 from sandboxd.config import AuthConfig, Config
 from sandboxd.metrics import Metrics
 from sandboxd.model import Result, Status, Submission, pending
@@ -429,26 +429,6 @@ async def test_unknown_fields_all_named(env: Env) -> None:
     status, body = await post(env, {**GOOD, "lang": "c", "timeout": 5, "memory": 1})
     assert status == 400
     assert body["error"] == "unknown field(s): lang, memory, timeout"
-
-
-@pytest.mark.parametrize("field", sorted(LATER_FIELDS))
-async def test_later_fields_not_supported_yet(env: Env, field: str) -> None:
-    status, body = await post(env, {**GOOD, field: None})
-    assert status == 400
-    assert body["error"] == f"{field}: not supported yet"
-
-
-async def test_later_fields_are_all_named_at_once(env: Env) -> None:
-    status, body = await post(env, {**GOOD, "interactor_language": "", "interactor_source": ""})
-    assert (status, body["error"]) == (
-        400, "interactor_language, interactor_source: not supported yet")
-
-
-async def test_later_fields_spec_list() -> None:
-    assert LATER_FIELDS == {
-        "interactor_source",
-        "interactor_language",
-    }
 
 
 @pytest.mark.parametrize(

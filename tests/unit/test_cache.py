@@ -30,6 +30,8 @@ VARIANTS: dict[str, Any] = {
     "checker_epsilon": 1e-3,
     "checker_source": "import sys",
     "checker_language": "python3",
+    "interactor_source": "import sys",
+    "interactor_language": "c",
     "files": (ExtraFile(name="data.txt", content=b"1"),),
     "command_line_arguments": ("-v",),
     "compiler_options": ("-O0",),
