@@ -63,8 +63,6 @@ if TYPE_CHECKING:
 INTERACTOR_WALL_GRACE_MS = 1000
 # The interactor's stderr kept in the result.
 INTERACTOR_MESSAGE_CHARS = 4000
-# What the result's `stdout` says: the solution's output went to the interactor.
-SOLUTION_STDOUT_NOTE = ""
 INTERACTOR_ARGS = ("/tmp/input.txt", "/tmp/output.txt", "/tmp/expected.txt")
 
 
@@ -155,13 +153,13 @@ async def run_pair(runner: Runner, lang: Language, submission: Submission, limit
     if talked.setup_error is not None:
         return Result(status=Status.INTERNAL_ERROR, message=verdict.failure)
     status = decide_pair(solution_status, ran.signal, verdict, interactor_first)
-    result = to_result(Status.ACCEPTED if status is Status.INTERNAL_ERROR else status,
-                       compiled, ran)
-    result = dataclasses.replace(result, stdout=SOLUTION_STDOUT_NOTE,
-                                 extra={**result.extra, "interactor_message": verdict.stderr})
-    if status is Status.INTERNAL_ERROR:
-        result = dataclasses.replace(result, status=status, message=verdict.failure)
-    return result
+    # The solution's run fields whatever the verdict (an interactor's failure too), but
+    # no stdout: it was the protocol, and the interactor read it.
+    run_fields = to_result(Status.ACCEPTED, compiled, ran)
+    return dataclasses.replace(
+        run_fields, status=status, stdout="",
+        message=verdict.failure if status is Status.INTERNAL_ERROR else None,
+        extra={**run_fields.extra, "interactor_message": verdict.stderr})
 
 
 async def _run_both(runner: Runner, solution_spec: JailSpec, interactor_spec: JailSpec
@@ -193,5 +191,8 @@ async def _run_both(runner: Runner, solution_spec: JailSpec, interactor_spec: Ja
             task.cancel()
         await asyncio.wait(tasks)
         raise
-    solution, interactor = (task.result() for task in tasks)  # a JailError propagates
+    failed = [e for task in tasks if (e := task.exception()) is not None]
+    if failed:
+        raise failed[0]  # a JailError: the runner's Internal Error
+    solution, interactor = (task.result() for task in tasks)
     return solution, interactor, ended["interactor"] < ended["solution"]

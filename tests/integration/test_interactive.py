@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from sandboxd.interactive import Interactor, run_pair
+from sandboxd.jail.spec import Bind
 from sandboxd.model import JudgeCase, Limits, Result, Status, Submission
 from sandboxd.runner import Runner
 from tests.integration.hostile import describe
@@ -235,6 +237,35 @@ async def test_tests_mode_stops_at_the_first_failing_pair(runner):
     assert result.status is Status.WRONG_ANSWER, describe(result)
     assert [e["status"] for e in result.extra["tests"]] == [
         "Accepted", "Wrong Answer", "Skipped"]
+
+
+async def test_the_solution_cannot_signal_the_interactor(runner):
+    # Both boxes run as the same slot's host uid, each in its own PID namespace: a
+    # kill(-1) from the solution reaches nothing outside its own box.
+    hostile = BINARY_SEARCH.replace("int main(void) {", "int main(void) {\n"
+                                    "    kill(-1, SIGKILL); kill(-1, SIGSTOP);")
+    hostile = "#include <signal.h>\n" + hostile
+    result = await play(runner, hostile)
+    assert result.status is Status.ACCEPTED, describe(result)
+    assert result.extra["interactor_message"] == "found 777777 in 17 guesses\n"
+
+
+async def test_an_interactor_box_that_cannot_start_is_an_internal_error(runner, sandbox):
+    lang = runner.languages["python3"]
+    broken = Interactor(lang, Bind("/nonexistent-sandboxd-path", "/box"))
+    submission = Submission(language="python3", source="print(input())", limits=LIMITS)
+    async with sandbox.slot() as slot:
+        workspace = runner._workspace(slot)
+        try:
+            workspace.write_file(lang.source, submission.source.encode())
+            result = await run_pair(runner, lang, submission, LIMITS, slot,
+                                    workspace.binds_for_next_step(), "5", None, None, broken)
+        finally:
+            workspace.destroy()
+    assert result.status is Status.INTERNAL_ERROR, describe(result)
+    assert result.message is not None and result.message.startswith("the interactor failed: ")
+    assert "/nonexistent-sandboxd-path" in result.message
+    _assert_nothing_left(sandbox)
 
 
 async def test_a_pair_leaves_nothing_behind(runner, sandbox):
