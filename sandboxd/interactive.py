@@ -5,7 +5,11 @@ pipes and hands their ends to the two boxes (`Sandbox.run(stdin_fd=, stdout_fd=)
 the solution's stdout is the interactor's stdin and the interactor's stdout is the
 solution's stdin. The daemon relays no bytes and holds no end once both boxes have
 theirs, so either side ending is seen by the other at once (EOF on read, SIGPIPE or
-EPIPE on write). Each box has its own cgroup and limits: the solution the
+EPIPE on write) — with one exception: the daemon keeps a read end of the solution's
+stdin, and once the solution has ended it reads and discards whatever the interactor
+still writes there. An interactor's last words to a solution that did not wait for them
+(a final "correct" after the last guess) are no failure of the interactor's, and no
+race decides them. Each box has its own cgroup and limits: the solution the
 submission's, the interactor generous ones like the custom checker's (the maximum CPU
 time, the default memory) and a wall limit `INTERACTOR_WALL_GRACE_MS` longer than the
 solution's, so when both wait for each other (a deadlock, a solution that never
@@ -174,6 +178,35 @@ async def _run_both(runner: Runner, solution_spec: JailSpec, interactor_spec: Ja
         os.close(to_interactor_w)
         raise
     ended: dict[str, float] = {}
+    loop = asyncio.get_running_loop()
+    try:
+        # The daemon's read end of the solution's stdin: a new open file description
+        # (a dup would share O_NONBLOCK with the solution's own stdin).
+        leftover = os.open(f"/proc/self/fd/{to_solution_r}",
+                           os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except BaseException:
+        for fd in (to_interactor_r, to_interactor_w, to_solution_r, to_solution_w):
+            os.close(fd)
+        raise
+    discarding = False
+
+    def discard() -> None:
+        nonlocal discarding
+        try:
+            if os.read(leftover, 1 << 16):
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        loop.remove_reader(leftover)  # EOF: the interactor has closed its stdout
+        discarding = False
+
+    def solution_ended(_: object) -> None:
+        nonlocal discarding
+        if not discarding and "interactor" not in ended:
+            discarding = True
+            loop.add_reader(leftover, discard)
 
     def run(name: str, spec: JailSpec, stdin_fd: int, stdout_fd: int) -> asyncio.Task[JailOutcome]:
         task = asyncio.ensure_future(
@@ -183,6 +216,7 @@ async def _run_both(runner: Runner, solution_spec: JailSpec, interactor_spec: Ja
 
     tasks = [run("solution", solution_spec, to_solution_r, to_interactor_w),
              run("interactor", interactor_spec, to_interactor_r, to_solution_w)]
+    tasks[0].add_done_callback(solution_ended)
     try:
         await asyncio.wait(tasks)
     except BaseException:
@@ -191,6 +225,10 @@ async def _run_both(runner: Runner, solution_spec: JailSpec, interactor_spec: Ja
             task.cancel()
         await asyncio.wait(tasks)
         raise
+    finally:
+        if discarding:
+            loop.remove_reader(leftover)
+        os.close(leftover)
     failed = [e for task in tasks if (e := task.exception()) is not None]
     if failed:
         raise failed[0]  # a JailError: the runner's Internal Error

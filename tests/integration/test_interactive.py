@@ -239,6 +239,22 @@ async def test_tests_mode_stops_at_the_first_failing_pair(runner):
         "Accepted", "Wrong Answer", "Skipped"]
 
 
+async def test_an_interactors_last_words_to_a_solution_that_left_are_no_failure(runner):
+    # The interactor writes (a lot) after the solution has ended, without reading it:
+    # the daemon discards it, so the interactor neither dies of SIGPIPE nor blocks.
+    interactor = (
+        "import sys\n"
+        "assert input() == 'hi'\n"
+        "sys.stdin.read()  # EOF: the solution has ended\n"
+        "sys.stdout.write('bye\\n' * (1 << 18))\n"
+        "sys.stdout.flush()\n"
+        "print('said goodbye', file=sys.stderr)\n")
+    leaves = '#include <stdio.h>\nint main(void) { puts("hi"); return 0; }\n'
+    result = await play(runner, leaves, interactor=interactor)
+    assert result.status is Status.ACCEPTED, describe(result)
+    assert result.extra["interactor_message"] == "said goodbye\n"
+
+
 async def test_the_solution_cannot_signal_the_interactor(runner):
     # Both boxes run as the same slot's host uid, each in its own PID namespace: a
     # kill(-1) from the solution reaches nothing outside its own box.
