@@ -263,7 +263,9 @@ class SubmissionParser:
                              f"{config.server.max_source_bytes} bytes (server.max_source_bytes)")
         stdin = _string(data, "stdin", default="")
         _check_size("stdin", stdin, config.server.max_stdin_bytes, "server.max_stdin_bytes")
-        expected = _expected_output(data, checker, config.sandbox.output_limit_bytes)
+        # An interactor reads the expected output as a file: no output limit bounds it.
+        compared_as = CUSTOM_CHECKER if interactor_source is not None else checker
+        expected = _expected_output(data, compared_as, config.sandbox.output_limit_bytes)
         limits = config.limits
         time_ms = _limit(data, "time_limit_ms", limits.time_limit_ms,
                          limits.time_limit_ms.default)
@@ -280,7 +282,7 @@ class SubmissionParser:
             expected_output=expected,
             callback_url=self._callback_url(data),
             cache=_boolean(data, "cache", default=True),
-            tests=self._tests(data, checker, wall_explicit="wall_time_limit_ms" in data),
+            tests=self._tests(data, compared_as, wall_explicit="wall_time_limit_ms" in data),
             stop_on_first_failure=_boolean(data, "stop_on_first_failure", default=True),
             checker=checker,
             checker_epsilon=self._checker_epsilon(data),

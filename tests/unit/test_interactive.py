@@ -20,7 +20,8 @@ INTERACTOR = {"interactor_source": "import sys", "interactor_language": "c"}
 
 @pytest.fixture
 async def env(aiohttp_client: Any) -> AsyncIterator[Env]:
-    yield await new_env(aiohttp_client, max_tests=3, max_source_bytes=40)
+    yield await new_env(aiohttp_client, max_tests=3, max_source_bytes=40,
+                        sandbox={"output_limit_bytes": 8})
 
 
 async def test_interactor_fields_are_passed(env: Env) -> None:
@@ -29,6 +30,18 @@ async def test_interactor_fields_are_passed(env: Env) -> None:
     [submission] = env.service.submitted
     assert (submission.interactor_source, submission.interactor_language) == ("import sys", "c")
     assert (submission.stdin, submission.expected_output) == ("5 30", "5")
+
+
+async def test_an_expected_output_for_the_interactor_is_not_bound_by_the_output_limit(
+        env: Env) -> None:
+    # Over the output limit of 8 bytes: refused for a checker, a file for an interactor.
+    long = "1 2 3 4 5 6 7 8 9"
+    assert (await post(env, {**BASE, "expected_output": long}))[0] == 400
+    assert (await post(env, {**BASE, **INTERACTOR, "expected_output": long}))[0] == 202
+    tests = [{"stdin": "1", "expected_output": long}]
+    assert (await post(env, {**BASE, **INTERACTOR, "tests": tests}))[0] == 202
+    assert [s.tests[0].expected_output if s.tests else s.expected_output
+            for s in env.service.submitted] == [long, long]
 
 
 async def test_interactor_with_tests_is_passed(env: Env) -> None:
