@@ -3,6 +3,7 @@ solution in C, each in its own box, talking over pipes the daemon crossed."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
@@ -282,6 +283,16 @@ async def test_an_interactor_box_that_cannot_start_is_an_internal_error(runner, 
     assert result.status is Status.INTERNAL_ERROR, describe(result)
     assert result.message is not None and result.message.startswith("the interactor failed: ")
     assert "/nonexistent-sandboxd-path" in result.message
+    _assert_nothing_left(sandbox)
+
+
+async def test_a_cancelled_pair_kills_both_boxes(runner, sandbox):
+    # The daemon stopping cancels a running job: neither box outlives it.
+    job = asyncio.ensure_future(play(runner, NEVER_ANSWERS))
+    await asyncio.sleep(0.5)  # whether or not the boxes are up yet, the end is the same
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
     _assert_nothing_left(sandbox)
 
 
