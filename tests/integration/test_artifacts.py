@@ -84,14 +84,18 @@ async def test_tests_mode_resubmitted_skips_the_compile(counted):
 async def test_other_options_or_files_compile_again(counted):
     runner, counter = counted
     source = '#include "value.h"\n#include <stdio.h>\nint main(void) { printf("%d\\n", VALUE); }\n'
+
+    def header(value: int) -> tuple[ExtraFile, ...]:
+        return (ExtraFile("value.h", f"#define VALUE {value}\n".encode()),)
+
     results = [
-        await runner.run(submission("c", source, files=(ExtraFile("value.h", b"#define VALUE 1\n"),))),
-        await runner.run(submission("c", source, files=(ExtraFile("value.h", b"#define VALUE 2\n"),))),
-        await runner.run(submission("c", source, files=(ExtraFile("value.h", b"#define VALUE 2\n"),),
-                                    compiler_options=("-O0",))),
-        await runner.run(submission("c", source, files=(ExtraFile("value.h", b"#define VALUE 1\n"),))),
+        await runner.run(submission("c", source, files=header(1))),
+        await runner.run(submission("c", source, files=header(2))),
+        await runner.run(submission("c", source, files=header(2), compiler_options=("-O0",))),
+        await runner.run(submission("c", source, files=header(1))),
     ]
-    assert [r.stdout for r in results] == ["1\n", "2\n", "2\n", "1\n"], [describe(r) for r in results]
+    assert [r.stdout for r in results] == ["1\n", "2\n", "2\n", "1\n"], [
+        describe(r) for r in results]
     assert counter.compiles == ["c", "c", "c"]
     assert [hit for _, hit in counter.lookups] == [False, False, False, True]
 
@@ -176,8 +180,8 @@ async def test_a_run_that_wrecks_its_box_does_not_touch_the_cached_program(count
     assert counter.compiles == ["c"]
 
 
-# perl -c runs BEGIN blocks (`$^C` is true only then): the "compile" step leaves something in /box that is
-# neither a file nor a directory.
+# perl -c runs BEGIN blocks (`$^C` is true only then): the "compile" step leaves
+# something in /box that is neither a file nor a directory.
 PLANTERS = {
     "link": 'symlink("/etc/shadow", "/box/planted") or die "symlink: $!";',
     "socket": 'use Socket; socket(my $s, PF_UNIX, SOCK_STREAM, 0) or die "socket: $!";'
