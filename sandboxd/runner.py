@@ -2,7 +2,10 @@
 
 Both steps of a submission share one box slot (so one host uid) and one
 workspace tmpfs: the compile box writes its binary into /box and the run box
-finds it there. The daemon itself never reads what a box wrote (workspace.py).
+finds it there. The daemon itself never reads what a box wrote (workspace.py), with one
+exception: right after a compile, before any run box saw it, the compiled-artifact cache
+copies /box out (artifacts.py, jail/boxtree.py), so an identical program later gets a
+fresh copy instead of a compile step.
 
 With `tests`, the program is compiled once and each test runs in a fresh box over
 a fresh tmpfs of its own (/tmp, /dev/shm), the compiled /box bound read-only; a custom
