@@ -223,7 +223,11 @@ class Runner:
             self.observer.artifact_lookup(lang.id, artifact is not None)
             if artifact is not None:
                 if artifact.tree is not None:
-                    artifact.tree.restore(workspace)
+                    try:
+                        artifact.tree.restore(workspace)
+                    except OSError as e:  # the daemon's own write failed (ENOSPC, ...)
+                        raise JailError(f"workspace: copying the compiled program: {e}"
+                                        ) from None
                 return artifact.compiled
             _write_program(workspace, lang, program, files)
             compiled = await self._compile(lang, slot, workspace, options)
