@@ -347,3 +347,23 @@ async def test_the_runner_compiles_every_time_when_the_cache_is_off() -> None:
     await runner.run(SUBMISSION)
     await runner.run(SUBMISSION)
     assert recorder.events == [("compile", "python3"), ("run", "python3")] * 2
+
+
+async def test_a_failed_copy_into_the_workspace_is_an_internal_error_naming_it() -> None:
+    runner, recorder, sandbox = runner_over()
+    assert runner.artifacts is not None
+    stored = Artifact(RAN, BoxTree((Entry("main.py", 0o644, b"print(1)"),)))
+    runner.artifacts.put(artifact_key("python3", SUBMISSION.source.encode(), (), ()), stored)
+    make_workspace = sandbox.workspace
+
+    def without_box(slot: int, size_mb: int):
+        workspace = make_workspace(slot, size_mb)
+        (workspace.path / "box").rmdir()  # the copy has nowhere to go
+        return workspace
+
+    sandbox.workspace = without_box  # type: ignore[method-assign]
+    failed = await runner.run(SUBMISSION)
+    assert failed.status is Status.INTERNAL_ERROR
+    assert failed.message is not None
+    assert failed.message.startswith("sandbox failure: workspace: copying the compiled program")
+    assert recorder.events == [("lookup", True)]  # no compile, no run
