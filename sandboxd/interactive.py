@@ -40,7 +40,9 @@ The verdict, first row that applies (`decide_pair`):
 
 "Already ended" is the order in which the daemon saw the boxes end. Every process of
 a box holds its pipe ends until the box is gone, so the box whose end caused the
-other's (EOF, SIGPIPE) is always gone before the other can even notice.
+other's (EOF, SIGPIPE) is gone before the other can even notice, and is seen ending
+first unless the event loop finds both ends in the same wakeup (then the rows above
+may swap a Runtime Error and the interactor's verdict; limits are never affected).
 """
 
 from __future__ import annotations
