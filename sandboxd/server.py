@@ -18,7 +18,7 @@ import signal
 
 from aiohttp import web
 
-from sandboxd import api, console, judge0, redis_backend, webhooks
+from sandboxd import api, console, judge0, openapi, redis_backend, webhooks
 from sandboxd import languages as languages_mod
 from sandboxd.config import Config, journal_path
 from sandboxd.jail import seccomp
@@ -204,6 +204,7 @@ async def _serve(config: Config, host: str, port: int, registry: languages_mod.R
             callback_check=lambda url: webhooks.validate_callback_url(url, config.webhooks))
         if config.judge0.enabled:
             judge0.add_judge0_routes(app, service=service, languages=registry, config=config)
+        openapi.add_openapi_route(app, config)
         if config.console.enabled:
             console.add_console_routes(
                 app, service=service, languages=registry, config=config, metrics=metrics,
