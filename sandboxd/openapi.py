@@ -10,6 +10,7 @@ API accepts or returns is described here and nothing else is, and the schemathes
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -53,11 +54,19 @@ def _strings(maximum: int) -> Schema:
 # -- native ---------------------------------------------------------------------------
 
 
-def submission_properties(config: Config) -> dict[str, Schema]:
-    """POST /execute's fields (api.KNOWN_FIELDS and api.LATER_FIELDS)."""
+def _language(languages: Sequence[str]) -> Schema:
+    schema: Schema = {**STRING, "description": "a language id of GET /languages"}
+    if languages:
+        schema["enum"] = list(languages)
+    return schema
+
+
+def submission_properties(config: Config, languages: Sequence[str] = ()) -> dict[str, Schema]:
+    """POST /execute's fields (api.KNOWN_FIELDS and api.LATER_FIELDS); `languages`: the
+    ids the daemon loaded (any string if empty)."""
     limits = config.limits
     return {
-        "language": {**STRING, "description": "a language id of GET /languages"},
+        "language": _language(languages),
         "source": STRING,
         "stdin": STRING,
         "expected_output": NULLABLE_STRING,
@@ -73,13 +82,14 @@ def submission_properties(config: Config) -> dict[str, Schema]:
         "checker_epsilon": {"type": "number", "minimum": 0,
                             "maximum": api.MAX_CHECKER_EPSILON},
         "checker_source": STRING,
-        "checker_language": STRING,
+        "checker_language": _language(languages),
         "files": {"type": "array", "maxItems": config.server.max_files,
                   "items": _ref("File")},
         "command_line_arguments": _strings(api.MAX_ARGUMENTS),
         "compiler_options": _strings(api.MAX_ARGUMENTS),
         "interactor_source": {**STRING, "description": "not supported yet: refused"},
-        "interactor_language": {**STRING, "description": "not supported yet: refused"},
+        "interactor_language": {**_language(languages),
+                                "description": "not supported yet: refused"},
     }
 
 
@@ -153,13 +163,17 @@ _JSON_TYPES = {"string": "string", "integer": "integer", "number": "number",
                "boolean": "boolean"}
 
 
-def judge0_submission_properties() -> dict[str, Schema]:
-    """POST /submissions' fields (judge0.py's tables), each nullable (null: absent)."""
+def judge0_submission_properties(languages: Sequence[str] = ()) -> dict[str, Schema]:
+    """POST /submissions' fields (judge0.py's tables), each nullable (null: absent);
+    language_id one of Judge0's ids of `languages` (any integer if empty)."""
     properties: dict[str, Schema] = {}
     for table in (judge0.REQUEST_FIELDS, judge0.FIXED_FIELD_TYPES,
                   judge0.UNSUPPORTED_FIELD_TYPES):
         for name, kind in table.items():
             properties[name] = {"type": [_JSON_TYPES[kind], "null"]}
+    if languages:
+        ids = sorted(i for i, lang in judge0.load_language_table().items() if lang in languages)
+        properties["language_id"] = {"enum": ids}
     for name, value in judge0.FIXED_FIELDS.items():
         properties[name]["description"] = f"only {orjson.dumps(value).decode()}"
     for name, why in judge0.UNSUPPORTED_FIELDS.items():
@@ -377,8 +391,9 @@ def judge0_paths(config: Config, prefix: str) -> dict[str, Schema]:
     return paths
 
 
-def document(config: Config) -> Schema:
-    """The OpenAPI document for a daemon running with `config`."""
+def document(config: Config, languages: Sequence[str] = ()) -> Schema:
+    """The OpenAPI document for a daemon running with `config` and the languages
+    `languages` (their ids; empty: any language id is described as a string)."""
     paths = native_paths(config)
     if config.judge0.enabled:
         paths.update(judge0_paths(config, ""))
@@ -392,7 +407,7 @@ def document(config: Config) -> Schema:
         "components": {"schemas": {
             "Submission": {"type": "object", "required": list(api.REQUIRED_FIELDS),
                            "additionalProperties": False,
-                           "properties": submission_properties(config)},
+                           "properties": submission_properties(config, languages)},
             "Test": {"type": "object", "additionalProperties": False,
                      "properties": test_properties(config)},
             "File": {"type": "object", "required": ["name", "content"],
@@ -403,7 +418,7 @@ def document(config: Config) -> Schema:
             "Error": ERROR,
             "Judge0Submission": {"type": "object", "required": ["source_code", "language_id"],
                                  "additionalProperties": False,
-                                 "properties": judge0_submission_properties()},
+                                 "properties": judge0_submission_properties(languages)},
             "Judge0Result": {"type": "object", "additionalProperties": False,
                              "properties": judge0_result_properties()},
             "Judge0Status": JUDGE0_STATUS,
@@ -424,9 +439,10 @@ def document(config: Config) -> Schema:
     return doc
 
 
-def add_openapi_route(app: web.Application, config: Config) -> None:
+def add_openapi_route(app: web.Application, config: Config,
+                      languages: Sequence[str] = ()) -> None:
     """Serve the document at GET /openapi.json (behind the API's tokens, like the API)."""
-    body = orjson.dumps(document(config))
+    body = orjson.dumps(document(config, languages))
 
     async def handler(request: web.Request) -> web.Response:
         return web.Response(body=body, content_type="application/json")

@@ -204,7 +204,7 @@ async def _serve(config: Config, host: str, port: int, registry: languages_mod.R
             callback_check=lambda url: webhooks.validate_callback_url(url, config.webhooks))
         if config.judge0.enabled:
             judge0.add_judge0_routes(app, service=service, languages=registry, config=config)
-        openapi.add_openapi_route(app, config)
+        openapi.add_openapi_route(app, config, [lang.id for lang in registry])
         if config.console.enabled:
             console.add_console_routes(
                 app, service=service, languages=registry, config=config, metrics=metrics,

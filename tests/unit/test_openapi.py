@@ -136,3 +136,13 @@ def test_the_document_is_valid_openapi() -> None:
     schemathesis = pytest.importorskip("schemathesis")
     schema = schemathesis.openapi.from_dict(openapi.document(Config()))
     assert len(list(schema.get_all_operations())) == len(documented(Config()))
+
+
+def test_languages_are_enumerated_when_known() -> None:
+    found = schemas_with(["c", "python3"])
+    assert found["Submission"]["properties"]["language"]["enum"] == ["c", "python3"]
+    assert found["Judge0Submission"]["properties"]["language_id"]["enum"] == [48, 49, 50, 71]
+
+
+def schemas_with(languages: list[str]) -> dict[str, Any]:
+    return openapi.document(Config(), languages)["components"]["schemas"]
