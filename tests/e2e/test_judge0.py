@@ -211,3 +211,32 @@ def test_readme_switching_from_judge0_example_works_as_written(daemon: Daemon) -
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == shown
+
+
+# -- the same API on the Redis service -------------------------------------------------
+
+
+def test_the_sdk_works_against_daemons_sharing_redis(tmp_path: Path) -> None:
+    """A token issued by one daemon is answered by another: the Judge0 face goes through
+    the same JobService, whichever backs it."""
+    require_kernel()
+    from tests.e2e.conftest import free_port
+    from tests.e2e.redis_fixtures import RedisServer, require_redis_server, start_redis_daemon
+
+    require_redis_server()
+    server = RedisServer(free_port(), tmp_path)
+    server.start()
+    daemons: list[Daemon] = []
+    try:
+        daemons = [start_redis_daemon(tmp_path, index, server.url) for index in (0, 1)]
+        first, second = (judge0.Client(d.url) for d in daemons)
+        submissions = [judge0.Submission(source_code=f"print({n} + 1)", language=judge0.PYTHON)
+                       for n in range(3)]
+        submissions = judge0.async_run(client=first, submissions=submissions)
+        done = judge0.wait(client=second, submissions=submissions)
+        assert [s.stdout for s in done] == ["1\n", "2\n", "3\n"]
+        assert all(s.status == judge0.Status.ACCEPTED for s in done)
+    finally:
+        for d in daemons:
+            stop_daemon(d)
+        server.stop()
