@@ -431,8 +431,10 @@ def _seconds_to_ms(data: dict[str, Any], name: str, bound: Bound, default_s: flo
     value = _number(data, name)
     if value is None:
         return min(round(default_s * 1000), bound.max)
-    ms = round(value * 1000)
-    if not bound.min <= ms <= bound.max:
+    # Compared in seconds first: a huge number times 1000 is no longer finite.
+    within = bound.min / 1000 <= value <= bound.max / 1000
+    ms = round(value * 1000) if within else 0
+    if not within or not bound.min <= ms <= bound.max:
         raise field_error(name, f"{value:g} is out of range: allowed {bound.min / 1000:g}.."
                                 f"{bound.max / 1000:g} seconds")
     return ms
@@ -651,7 +653,7 @@ class Judge0Handlers:
     async def create(self, request: web.Request) -> web.Response:
         encoded = _flag(request, "base64_encoded")
         wait = _flag(request, "wait")
-        fields = requested_fields(request) if wait else ()
+        fields = requested_fields(request)  # checked even when not used, as Judge0 does
         submission = self._parser.parse(await self._body(request), encoded)
         try:
             job_id = await self._service.submit(submission)

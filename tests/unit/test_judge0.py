@@ -136,6 +136,11 @@ async def test_defaults_never_exceed_the_configured_maximum(aiohttp_client: Any)
 @pytest.mark.parametrize(("field", "value", "rule"), [
     ("cpu_time_limit", 0, "out of range"),
     ("cpu_time_limit", 11, "out of range: allowed 0.001..10 seconds"),
+    ("cpu_time_limit", 1e308, "out of range"),  # times 1000 is not finite: was a 500
+    ("cpu_time_limit", -1e308, "out of range"),
+    ("wall_time_limit", 1.7976931348623157e308, "out of range"),
+    ("memory_limit", 1e308, "out of range"),
+    ("cpu_time_limit", 0.0004, "out of range"),
     ("cpu_time_limit", "2", "must be a number"),
     ("cpu_time_limit", True, "must be a number"),
     ("wall_time_limit", 31, "out of range"),
