@@ -12,6 +12,7 @@ import stat
 import zipfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -569,3 +570,52 @@ def test_the_doc_lists_every_request_field() -> None:
     rows = re.findall(r"^\| `([a-z_]+)` \|", _doc_section("Submission fields"), flags=re.M)
     assert set(rows) == (set(judge0.REQUEST_FIELDS) | set(judge0.FIXED_FIELDS)
                          | set(judge0.UNSUPPORTED_FIELDS))
+
+
+# -- seeded random requests: never a 500 --------------------------------------------------
+
+JUDGE0_FIELDS = sorted(set(judge0.REQUEST_FIELDS) | set(judge0.FIXED_FIELDS)
+                       | set(judge0.UNSUPPORTED_FIELDS)) + ["", "x", "status", "token"]
+
+
+def _random_judge0_submission(rng: Any) -> Any:
+    from tests.unit.test_api_fuzz import random_value
+
+    if rng.random() < 0.1:
+        return random_value(rng)
+    body: dict[str, Any] = dict(GOOD) if rng.random() < 0.7 else {}
+    for _ in range(rng.randrange(0, 5)):
+        name = rng.choice(JUDGE0_FIELDS)
+        body[name] = (rng.choice([1e308, -1e308, 5e-324, 0.001, 15.0, 128000.5, 2**70])
+                      if rng.random() < 0.2 else random_value(rng))
+    return body
+
+
+async def test_random_judge0_requests_never_get_a_500(env: Env) -> None:
+    import random
+
+    from tests.unit.test_api_fuzz import random_string
+
+    rng = random.Random(20261207)
+    statuses: set[int] = set()
+    queries = ["", "?base64_encoded=true", "?wait=true", "?wait=true&fields=*",
+               "?fields=x", "?base64_encoded=yes"]
+    for _ in range(400):
+        if rng.random() < 0.3:
+            path = "/submissions/batch"
+            payload: Any = {"submissions": [_random_judge0_submission(rng)
+                                            for _ in range(rng.randrange(4))]}
+        else:
+            path, payload = "/submissions", _random_judge0_submission(rng)
+        resp = await env.client.post(path + rng.choice(queries), json=payload)
+        statuses.add(resp.status)
+        assert resp.content_type == "application/json"
+        assert resp.status in (201, 400, 413, 422), (payload, await resp.text())
+    for _ in range(100):
+        token = random_string(rng)[:60] or "x"
+        for path in (f"/submissions/{quote(token, safe='')}?fields=*",
+                     f"/submissions/batch?tokens={quote(token)}",
+                     f"/languages/{quote(token, safe='')}"):
+            resp = await env.client.get(path)
+            assert resp.status in (200, 400, 404), (path, await resp.text())
+    assert {201, 400, 422} <= statuses, statuses
