@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from sandboxd import __version__, api, judge0
+from sandboxd import __version__, api, console, judge0
 from sandboxd.config import Bound, Config
 from sandboxd.model import CHECKERS, CUSTOM_CHECKER, Status
 
@@ -395,6 +395,14 @@ def document(config: Config, languages: Sequence[str] = ()) -> Schema:
     """The OpenAPI document for a daemon running with `config` and the languages
     `languages` (their ids; empty: any language id is described as a string)."""
     paths = native_paths(config)
+    if config.console.enabled:
+        # The console's page and static files are no API; its status summary is.
+        paths[console.STATUS_PATH] = {"get": {
+            "operationId": "consoleStatus",
+            "responses": {"200": _json({"type": "object", "required": ["queued", "running"],
+                                        "properties": {"queued": {"type": "integer"},
+                                                       "running": {"type": "integer"}}},
+                                       "the status page's summary (docs/API.md)")}}}
     if config.judge0.enabled:
         paths.update(judge0_paths(config, ""))
         paths.update(judge0_paths(config, judge0.PREFIX))

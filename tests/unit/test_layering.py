@@ -106,7 +106,7 @@ def test_console_is_an_http_client_of_the_api_and_the_metrics():
     ("judge0.py", {"sandboxd", "sandboxd.__version__", "sandboxd.api", "sandboxd.config",
                    "sandboxd.model", "sandboxd.service"}),
     ("openapi.py", {"sandboxd", "sandboxd.__version__", "sandboxd.api", "sandboxd.config",
-                    "sandboxd.judge0", "sandboxd.model"}),
+                    "sandboxd.console", "sandboxd.judge0", "sandboxd.model"}),
 ])
 def test_judge0_and_openapi_sit_beside_the_api(name, allowed):
     """The Judge0 face and the OpenAPI document (wired in by server.py) are HTTP like the

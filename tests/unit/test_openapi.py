@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from sandboxd import api, judge0, openapi, runner
+from sandboxd import api, console, judge0, openapi, runner
 from sandboxd.api import create_app
-from sandboxd.config import Config, Judge0Config
+from sandboxd.config import Config, ConsoleConfig, Judge0Config
 from sandboxd.metrics import Metrics
 from sandboxd.model import Result, Status
 from tests.unit.test_api import FakeService, make_config
@@ -32,23 +32,28 @@ def validator(name: str, config: Config | None = None) -> Any:
 
 
 def full_app(config: Config) -> web.Application:
-    """The app as server.py composes it (without the console)."""
-    service, catalog = FakeService(), Catalog()
-    app = create_app(service, catalog, config, metrics=Metrics())
+    """The app as server.py composes it."""
+    service, catalog, metrics = FakeService(), Catalog(), Metrics()
+    app = create_app(service, catalog, config, metrics=metrics)
     if config.judge0.enabled:
         judge0.add_judge0_routes(app, service=service, languages=catalog, config=config)
     openapi.add_openapi_route(app, config)
+    if config.console.enabled:
+        console.add_console_routes(app, service=service, languages=catalog, config=config,
+                                   metrics=metrics, host=console.HostInfo("6.1", "v2"))
     return app
 
 
 def routes_of(app: web.Application) -> set[tuple[str, str]]:
+    """Every route but the console's page and static files (no API)."""
     found = set()
     for route in app.router.routes():
         if route.method == "HEAD":
             continue
         info = route.resource.get_info() if route.resource else {}
         path = info.get("path") or info.get("formatter")
-        found.add((route.method.lower(), path))
+        if path not in console.STATIC_FILES:
+            found.add((route.method.lower(), path))
     return found
 
 
@@ -83,9 +88,11 @@ def test_the_judge0_fields_are_judge0_pys() -> None:
     assert set(schemas()["Judge0Result"]["properties"]) == set(judge0.RESPONSE_FIELDS)
 
 
-@pytest.mark.parametrize("enabled", [True, False])
-def test_every_route_is_documented_and_only_those(enabled: bool) -> None:
-    config = dataclasses.replace(make_config(), judge0=Judge0Config(enabled=enabled))
+@pytest.mark.parametrize("judge0_on", [True, False])
+@pytest.mark.parametrize("console_on", [True, False])
+def test_every_route_is_documented_and_only_those(judge0_on: bool, console_on: bool) -> None:
+    config = dataclasses.replace(make_config(), judge0=Judge0Config(enabled=judge0_on),
+                                 console=ConsoleConfig(enabled=console_on))
     assert routes_of(full_app(config)) == documented(config)
 
 
