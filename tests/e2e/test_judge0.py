@@ -240,3 +240,17 @@ def test_the_sdk_works_against_daemons_sharing_redis(tmp_path: Path) -> None:
         for d in daemons:
             stop_daemon(d)
         server.stop()
+
+
+def test_the_sdk_authenticates_with_x_auth_token(tmp_path: Path) -> None:
+    require_kernel()
+    token = "judge0-token-0123456789abcdef"
+    d = start_daemon(tmp_path, f'\n[auth]\ntokens = ["{token}"]\n', languages=["python3"])
+    try:
+        with pytest.raises(RuntimeError):  # the SDK's words for a 401 at start-up
+            judge0.Client(d.url)
+        client = judge0.Client(d.url, headers={"X-Auth-Token": token})
+        result = judge0.run(client=client, source_code="print('in')", language=judge0.PYTHON)
+        assert result.status == judge0.Status.ACCEPTED and result.stdout == "in\n"
+    finally:
+        stop_daemon(d)
