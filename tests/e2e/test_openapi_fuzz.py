@@ -16,23 +16,21 @@ from typing import Any
 
 import orjson
 import pytest
-
-from sandboxd import openapi
-from sandboxd.config import Config, _build
-from tests.conftest import require_kernel
-from tests.e2e.conftest import Daemon, start_daemon, stop_daemon
-
-schemathesis = pytest.importorskip("schemathesis")  # the test extra installs it
-
-from hypothesis import HealthCheck, Phase, settings  # noqa: E402
-from hypothesis.stateful import run_state_machine_as_test  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
-from schemathesis.specs.openapi.checks import (  # noqa: E402
+import schemathesis
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis.stateful import run_state_machine_as_test
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
+
+from sandboxd import openapi
+from sandboxd.config import Config, _build
+from tests.conftest import require_kernel
+from tests.e2e.conftest import Daemon, start_daemon, stop_daemon
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance]

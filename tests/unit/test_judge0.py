@@ -15,6 +15,8 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from judge0 import base_types as sdk_types  # the official SDK (test extra)
+from judge0 import data as sdk_data
 
 from sandboxd import judge0
 from sandboxd.api import create_app
@@ -411,18 +413,16 @@ async def test_statuses_about_and_config_info(env: Env) -> None:
 
 
 def test_config_info_has_every_key_the_sdk_requires() -> None:
-    sdk = pytest.importorskip("judge0.base_types")
     catalog = Catalog()
     languages = judge0.Judge0Languages(catalog, Config(), judge0.load_language_table())
     info = judge0.config_info(Config(), languages)
-    assert set(info) == set(sdk.Config.model_fields)
-    sdk.Config(**info)
+    assert set(info) == set(sdk_types.Config.model_fields)
+    sdk_types.Config(**info)
 
 
 def test_the_language_table_covers_the_sdk_aliases_of_our_languages() -> None:
-    data = pytest.importorskip("judge0.data")
     table = judge0.load_language_table()
-    aliases = data.LANGUAGE_TO_LANGUAGE_ID[judge0.JUDGE0_VERSION]
+    aliases = sdk_data.LANGUAGE_TO_LANGUAGE_ID[judge0.JUDGE0_VERSION]
     names = {alias.name for alias in aliases}
     for alias in ("C", "CPP", "JAVA", "JAVASCRIPT", "PYTHON", "PYTHON3", "C_CLANG", "RUST"):
         assert alias in names

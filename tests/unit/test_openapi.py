@@ -7,7 +7,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jsonschema_rs  # comes with schemathesis (the test extra)
 import pytest
+import schemathesis
 from aiohttp import web
 
 from sandboxd import api, console, judge0, openapi, runner
@@ -17,8 +19,6 @@ from sandboxd.metrics import Metrics
 from sandboxd.model import Result, Status
 from tests.unit.test_api import FakeService, make_config
 from tests.unit.test_judge0 import Catalog
-
-jsonschema_rs = pytest.importorskip("jsonschema_rs")  # comes with schemathesis
 
 
 def schemas(config: Config | None = None) -> dict[str, Any]:
@@ -140,7 +140,6 @@ async def test_the_document_is_served(aiohttp_client: Any) -> None:
 
 
 def test_the_document_is_valid_openapi() -> None:
-    schemathesis = pytest.importorskip("schemathesis")
     schema = schemathesis.openapi.from_dict(openapi.document(Config()))
     assert len(list(schema.get_all_operations())) == len(documented(Config()))
 
