@@ -206,6 +206,17 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class ArtifactsConfig:
+    """The compiled-artifact cache (artifacts.py): compile outputs in memory, bounded,
+    with a TTL."""
+
+    enabled: bool = True
+    max_entries: int = 1000
+    max_bytes: int = 128 * MIB
+    ttl_s: float = 3600.0
+
+
+@dataclass(frozen=True)
 class QueueConfig:
     """Where jobs wait and results are kept: "" is this daemon alone (memory and the
     journal); a redis:// URL shares queue, results and cache with every daemon using it."""
@@ -245,6 +256,7 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     webhooks: WebhookConfig = field(default_factory=WebhookConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
     judge0: Judge0Config = field(default_factory=Judge0Config)
 
 
@@ -371,7 +383,7 @@ def validate_webhooks(hooks: WebhookConfig) -> None:
 
 
 def _validate_durability(config: Config) -> None:
-    server, cache = config.server, config.cache
+    server, cache, artifacts = config.server, config.cache, config.artifacts
     if not server.journal:
         raise ConfigError('server.journal: must be a file path, or "none" for memory only')
     positive = {"server.max_attempts": server.max_attempts,
@@ -379,7 +391,8 @@ def _validate_durability(config: Config) -> None:
                 "server.results_max_bytes": server.results_max_bytes,
                 "server.wait_cap_s": server.wait_cap_s,
                 "cache.max_entries": cache.max_entries, "cache.max_bytes": cache.max_bytes,
-                "cache.ttl_s": cache.ttl_s}
+                "cache.ttl_s": cache.ttl_s, "artifacts.max_entries": artifacts.max_entries,
+                "artifacts.max_bytes": artifacts.max_bytes, "artifacts.ttl_s": artifacts.ttl_s}
     for key, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{key}: must be positive, not {value}")

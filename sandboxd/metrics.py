@@ -69,6 +69,9 @@ class Metrics(Observer):
         self.compile_steps = Counter(
             "sandboxd_compile_steps", "Compile steps (compilers or syntax checks) run in a "
             "box.", ["language"], registry=r)
+        self.artifact_lookups = Counter(
+            "sandboxd_artifact_lookups", "Compiled-artifact cache lookups, by outcome (hit: "
+            "the compile step was skipped).", ["language", "outcome"], registry=r)
         self.sandbox_failures = Counter(
             "sandboxd_sandbox_failures", "Boxes that could not be set up or ended without a "
             "verdict (Internal Error).", registry=r)
@@ -131,6 +134,9 @@ class Metrics(Observer):
     def compile_step(self, language: str, seconds: float) -> None:
         self.compile_steps.labels(language).inc()
         self.compile_step_seconds.labels(language).observe(max(seconds, 0.0))
+
+    def artifact_lookup(self, language: str, hit: bool) -> None:
+        self.artifact_lookups.labels(language, "hit" if hit else "miss").inc()
 
     def run_step(self, language: str, seconds: float) -> None:
         self.run_step_seconds.labels(language).observe(max(seconds, 0.0))

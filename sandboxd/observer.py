@@ -28,6 +28,10 @@ class Observer:
     def compile_step(self, language: str, seconds: float) -> None:
         """A compile step ran in a box (a compiled-artifact cache hit does not count)."""
 
+    def artifact_lookup(self, language: str, hit: bool) -> None:
+        """The compiled-artifact cache was asked for a program about to be compiled
+        (a hit: the compile step is skipped)."""
+
     def run_step(self, language: str, seconds: float) -> None:
         """A run step ran in a box, `seconds` from spawn to outcome."""
 

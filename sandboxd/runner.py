@@ -2,7 +2,10 @@
 
 Both steps of a submission share one box slot (so one host uid) and one
 workspace tmpfs: the compile box writes its binary into /box and the run box
-finds it there. The daemon itself never reads what a box wrote (workspace.py).
+finds it there. The daemon itself never reads what a box wrote (workspace.py), with one
+exception: right after a compile, before any run box saw it, the compiled-artifact cache
+copies /box out (artifacts.py, jail/boxtree.py), so an identical program later gets a
+fresh copy instead of a compile step.
 
 With `tests`, the program is compiled once and each test runs in a fresh box over
 a fresh tmpfs of its own (/tmp, /dev/shm), the compiled /box bound read-only; a custom
@@ -23,12 +26,22 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from sandboxd.artifacts import Artifact, ArtifactCache, artifact_key, cacheable
 from sandboxd.config import MIB, Config
+from sandboxd.jail.boxtree import Uncapturable, capture
 from sandboxd.jail.spec import Bind, BoxLimits, JailError, JailOutcome, JailSpec, SeccompProfile
 from sandboxd.jail.supervisor import Sandbox
 from sandboxd.jail.workspace import Workspace
 from sandboxd.languages import Language, Registry, StepSizes, parse_version
-from sandboxd.model import CUSTOM_CHECKER, JudgeCase, Limits, Result, Status, Submission
+from sandboxd.model import (
+    CUSTOM_CHECKER,
+    ExtraFile,
+    JudgeCase,
+    Limits,
+    Result,
+    Status,
+    Submission,
+)
 from sandboxd.observer import Observer
 from sandboxd.outputs import BOM
 from sandboxd.verdict import (
@@ -44,6 +57,9 @@ log = logging.getLogger(__name__)
 DATA_LIMIT_MARGIN_BYTES = 256 * MIB  # thread stacks (8 MiB each) count as data too
 
 TESTS_OUTPUT_BUDGET_CHARS = 4 * MIB
+
+# Files and directories a compile may leave in /box and still be cached (artifacts.py).
+MAX_ARTIFACT_FILES = 1000
 
 # A test not run: an earlier one failed (stop_on_first_failure) or the compile did.
 SKIPPED = "Skipped"
@@ -99,6 +115,29 @@ def _write_new_file(path: str, content: bytes) -> None:
         os.close(fd)
 
 
+def _write_program(workspace: Workspace, lang: Language, source: bytes,
+                   files: tuple[ExtraFile, ...]) -> None:
+    workspace.write_file(lang.source, source)
+    for extra in files:  # names checked by the API (api.py)
+        workspace.write_file(extra.name, extra.content)
+
+
+def _seal(compiled: JailOutcome, workspace: Workspace, max_bytes: int) -> Artifact | None:
+    """The artifact of a compile that just ended in `workspace`, before any other box
+    has seen it; None if it is not one to keep (artifacts.py)."""
+    if not cacheable(compiled):
+        return None
+    if decided_by_compile(compiled) is not None:
+        return Artifact(compiled, None)  # a Compile Error: nothing will run
+    try:
+        tree = capture(workspace.path / "box", max_bytes=max_bytes,
+                       max_entries=MAX_ARTIFACT_FILES)
+    except Uncapturable as e:
+        log.info("compiled program not cached: %s", e)
+        return None
+    return Artifact(compiled, tree)
+
+
 @dataclass(frozen=True)
 class _Checker:
     """A compiled custom checker: its language, and its /box to bind read-only."""
@@ -115,6 +154,8 @@ class Runner:
         self.config = config
         # Told of every compile and run step and every sandbox failure (metrics.py).
         self.observer = observer if observer is not None else Observer()
+        # Compiled programs by what was compiled (artifacts.py); None: always compile.
+        self.artifacts = ArtifactCache.from_config(config.artifacts)
 
     @property
     def healthy(self) -> bool:
@@ -145,13 +186,8 @@ class Runner:
                     checker = checker_or_error
                 workspace = self._workspace(slot)
                 workspaces.append(workspace)
-                # A UTF-8 BOM (Windows editors) is no part of the program: javac calls it
-                # an illegal character, and no toolchain needs it.
-                workspace.write_file(lang.source, submission.source.removeprefix(BOM).encode())
-                for extra in submission.files:  # names checked by the API (api.py)
-                    workspace.write_file(extra.name, extra.content)
-                compiled = await self._compile(lang, slot, workspace,
-                                               submission.compiler_options)
+                compiled = await self._build(lang, slot, workspace, submission.source,
+                                             submission.files, submission.compiler_options)
                 if compiled is not None:
                     verdict = decided_by_compile(compiled)
                     if verdict is not None:
@@ -167,6 +203,39 @@ class Runner:
             finally:
                 for workspace in workspaces:
                     workspace.destroy()
+
+    async def _build(self, lang: Language, slot: int, workspace: Workspace, source: str,
+                     files: tuple[ExtraFile, ...] = (), options: tuple[str, ...] = ()
+                     ) -> JailOutcome | None:
+        """Put the program into `workspace` (fresh: no box has seen it) and compile it;
+        or, when an identical program compiled before, copy in its artifact instead
+        (artifacts.py). The compile step's outcome either way; None if it has none."""
+        # A UTF-8 BOM (Windows editors) is no part of the program: javac calls it
+        # an illegal character, and no toolchain needs it.
+        program = source.removeprefix(BOM).encode()
+        cache = self.artifacts
+        if cache is None or lang.compile_step is None:
+            _write_program(workspace, lang, program, files)
+            return await self._compile(lang, slot, workspace, options)
+        key = artifact_key(lang.id, program, ((f.name, f.content) for f in files), options)
+        async with cache.flight(key):
+            artifact = cache.get(key)
+            self.observer.artifact_lookup(lang.id, artifact is not None)
+            if artifact is not None:
+                if artifact.tree is not None:
+                    try:
+                        artifact.tree.restore(workspace)
+                    except OSError as e:  # the daemon's own write failed (ENOSPC, ...)
+                        raise JailError(f"workspace: copying the compiled program: {e}"
+                                        ) from None
+                return artifact.compiled
+            _write_program(workspace, lang, program, files)
+            compiled = await self._compile(lang, slot, workspace, options)
+            assert compiled is not None
+            artifact = _seal(compiled, workspace, cache.max_bytes)
+            if artifact is not None:
+                cache.put(key, artifact)
+            return compiled
 
     async def _compile(self, lang: Language, slot: int, workspace: Workspace,
                        options: tuple[str, ...] = ()) -> JailOutcome | None:
@@ -190,9 +259,7 @@ class Runner:
         lang = self.languages[submission.checker_language]
         workspace = self._workspace(slot)
         workspaces.append(workspace)
-        workspace.write_file(lang.source,
-                             submission.checker_source.removeprefix(BOM).encode())
-        compiled = await self._compile(lang, slot, workspace)
+        compiled = await self._build(lang, slot, workspace, submission.checker_source)
         if compiled is not None:
             verdict = decided_by_compile(compiled)
             if verdict is not None:

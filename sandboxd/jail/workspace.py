@@ -11,7 +11,9 @@ or creates directories at its top level, which no box can reach: a box sees
 `box/` and its own step directories, never the top. Afterwards the whole tmpfs
 is unmounted, so the daemon never reads, follows or deletes anything a box
 wrote: no symlink planted by a program can turn a host-side file operation
-against the host (the Judge0 CVE-2024-28185 class).
+against the host (the Judge0 CVE-2024-28185 class). The one read is boxtree.py's copy
+of a compile's box/ (sealed: its box has ended, no run box had it yet), made through
+directory fds with O_NOFOLLOW.
 """
 
 from __future__ import annotations

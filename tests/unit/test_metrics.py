@@ -7,6 +7,8 @@ import contextlib
 import io
 import json
 import logging
+import os
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -217,6 +219,15 @@ class RecordingObserver(Observer):
 
 
 class FakeWorkspace:
+    """An empty directory for box/: the runner may copy a compiled program out of it
+    and into another (its compiled-artifact cache, artifacts.py)."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory()
+        self.path = Path(self._dir.name)
+        (self.path / "box").mkdir()
+        self.host_id = os.getuid()
+
     def write_file(self, name: str, content: bytes, mode: int = 0o644) -> None:
         pass
 
@@ -224,7 +235,7 @@ class FakeWorkspace:
         return ()
 
     def destroy(self) -> None:
-        pass
+        self._dir.cleanup()
 
 
 class FakeSandbox:
