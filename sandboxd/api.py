@@ -90,6 +90,12 @@ OPEN_PATHS = frozenset({"/health"})
 # The app's open paths: OPEN_PATHS, plus what a module that adds routes (the web
 # console's page and static files) registers there before the app starts.
 PUBLIC_PATHS = web.AppKey("public_paths", set[str])
+# Another shape of GET /languages, for the requests a module that adds routes claims
+# (judge0.py: a Judge0 client's); it answers None for the rest, which get the native list.
+LanguagesVariant = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
+LANGUAGES_VARIANT: web.AppKey[LanguagesVariant] = web.AppKey("languages_variant")
+# Judge0's authentication header, accepted as well as `Authorization: Bearer`.
+AUTH_TOKEN_HEADER = "X-Auth-Token"
 
 CallbackCheck = Callable[[str], str | None]
 
@@ -742,8 +748,11 @@ class _Handlers:
             return {"submission_id": job_id, "status": None, "error": unknown_id(job_id)}
         return result.to_json(job_id)
 
-    async def languages(self, request: web.Request) -> web.Response:
-        return json_response(self._languages.describe(self._config))
+    async def languages(self, request: web.Request) -> web.StreamResponse:
+        variant = request.app.get(LANGUAGES_VARIANT)
+        answer = await variant(request) if variant is not None else None
+        return answer if answer is not None else json_response(
+            self._languages.describe(self._config))
 
     async def health(self, request: web.Request) -> web.Response:
         problem = self._service.health_problem()
@@ -819,7 +828,10 @@ def _auth_middleware(check: TokenCheck) -> Callable[..., Awaitable[web.StreamRes
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         # Before routing answers: without a token even a 404 says nothing of the API.
         if request.path not in request.app[PUBLIC_PATHS]:
-            problem = check.problem(request.headers.get(hdrs.AUTHORIZATION))
+            authorization = request.headers.get(hdrs.AUTHORIZATION)
+            if authorization is None and AUTH_TOKEN_HEADER in request.headers:
+                authorization = f"Bearer {request.headers[AUTH_TOKEN_HEADER]}"
+            problem = check.problem(authorization)
             if problem is not None:
                 message, challenge = problem
                 raise ApiError(401, message, {hdrs.WWW_AUTHENTICATE: challenge})

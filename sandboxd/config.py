@@ -240,6 +240,13 @@ class ConsoleConfig:
 
 
 @dataclass(frozen=True)
+class Judge0Config:
+    # The Judge0-compatible API (docs/JUDGE0.md) at Judge0's root paths and under
+    # /judge0. false: those routes answer 404 and GET /languages is only the native list.
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -250,6 +257,7 @@ class Config:
     webhooks: WebhookConfig = field(default_factory=WebhookConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
+    judge0: Judge0Config = field(default_factory=Judge0Config)
 
 
 def _build(defaults: Any, data: Any, where: str) -> Any:

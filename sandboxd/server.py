@@ -18,7 +18,7 @@ import signal
 
 from aiohttp import web
 
-from sandboxd import api, console, redis_backend, webhooks
+from sandboxd import api, console, judge0, openapi, redis_backend, webhooks
 from sandboxd import languages as languages_mod
 from sandboxd.config import Config, journal_path
 from sandboxd.jail import seccomp
@@ -202,6 +202,9 @@ async def _serve(config: Config, host: str, port: int, registry: languages_mod.R
         app = api.create_app(
             service, registry, config, metrics=metrics,
             callback_check=lambda url: webhooks.validate_callback_url(url, config.webhooks))
+        if config.judge0.enabled:
+            judge0.add_judge0_routes(app, service=service, languages=registry, config=config)
+        openapi.add_openapi_route(app, config, [lang.id for lang in registry])
         if config.console.enabled:
             console.add_console_routes(
                 app, service=service, languages=registry, config=config, metrics=metrics,

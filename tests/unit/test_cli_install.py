@@ -51,7 +51,7 @@ def _is_inline(value: Any) -> bool:
 def example_keys(text: str) -> set[str]:
     keys, table = set(), ""
     for line in text.splitlines():
-        header = re.match(r"^\[([a-z_.]+)\]$", line)
+        header = re.match(r"^\[([a-z0-9_.]+)\]$", line)
         if header:
             table = header.group(1) + "."
         match = DEFAULT_LINE.match(line)
@@ -146,7 +146,7 @@ def test_the_readme_documents_every_key_with_its_default() -> None:
     text = (PROJECT_DIR / "README.md").read_text()
     start = text.index("\n## Configuration")
     section = text[start:text.index("\n## ", start + 1)]
-    rows = dict(re.findall(r"^\| `([a-z_.]+)` \| ([^|]+) \|", section, flags=re.M))
+    rows = dict(re.findall(r"^\| `([a-z0-9_.]+)` \| ([^|]+) \|", section, flags=re.M))
     missing = keys_of(Config()) - set(rows)
     assert not missing, f"README.md's Configuration table lacks: {sorted(missing)}"
     assert not set(rows) - keys_of(Config()), sorted(set(rows) - keys_of(Config()))

@@ -100,3 +100,17 @@ def test_console_is_an_http_client_of_the_api_and_the_metrics():
     mods = imported_modules(PACKAGE / "console" / "__init__.py")
     allowed = {"sandboxd.api", "sandboxd.config", "sandboxd.metrics", "sandboxd.model"}
     assert {".".join(m.split(".")[:2]) for m in mods} <= allowed, mods
+
+
+@pytest.mark.parametrize(("name", "allowed"), [
+    ("judge0.py", {"sandboxd", "sandboxd.__version__", "sandboxd.api", "sandboxd.config",
+                   "sandboxd.model", "sandboxd.service"}),
+    ("openapi.py", {"sandboxd", "sandboxd.__version__", "sandboxd.api", "sandboxd.config",
+                    "sandboxd.console", "sandboxd.judge0", "sandboxd.model"}),
+])
+def test_judge0_and_openapi_sit_beside_the_api(name, allowed):
+    """The Judge0 face and the OpenAPI document (wired in by server.py) are HTTP like the
+    API: they reach the service through api.JobService, never the runner or the kernel
+    (judge0.py names only the service's exceptions)."""
+    mods = imported_modules(PACKAGE / name)
+    assert {".".join(m.split(".")[:2]) for m in mods} <= allowed, mods
