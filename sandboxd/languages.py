@@ -23,6 +23,7 @@ from typing import Any
 
 from sandboxd.config import Config, StepLimits
 from sandboxd.jail.spec import Bind
+from sandboxd.model import LANGUAGE_ROLES
 from sandboxd.verdict import OutOfMemory
 
 _ID = re.compile(r"^[a-z][a-z0-9_+-]*$")
@@ -36,8 +37,6 @@ PLACEHOLDERS = ("memory_limit_mb", "heap_limit_mb", "stack_limit_kb")
 STACK_MARGIN_KB = 1024
 # The JVM refuses -Xss above 1 GiB; a deeper stack than that no judge needs.
 MAX_STACK_KB = 1024 * 1024
-# What a language can be used for (GET /languages `usable_as`): all of it, every one.
-ROLES = ("program", "checker", "interactor")
 
 
 class LanguageError(Exception):
@@ -184,7 +183,7 @@ class Language:
             "unavailable_reason": unavailable,
             "packages": list(self.packages),
             # Every language can run a solution, a custom checker or an interactor.
-            "usable_as": list(ROLES),
+            "usable_as": list(LANGUAGE_ROLES)  # every language, every role,
         }
 
 

@@ -44,6 +44,8 @@ def utf8_size(text: str) -> int:
 CHECKERS = ("exact", "lines", "tokens", "float", "unordered-lines")
 # A program of the client's, run in its own box, decides (runner.py).
 CUSTOM_CHECKER = "custom"
+# What a language can be used for (GET /languages `usable_as`).
+LANGUAGE_ROLES = ("program", "checker", "interactor")
 DEFAULT_CHECKER = "lines"
 DEFAULT_CHECKER_EPSILON = 1e-6
 

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from sandboxd import __version__, api, console, judge0
 from sandboxd.config import Bound, Config
-from sandboxd.model import CHECKERS, CUSTOM_CHECKER, Status
+from sandboxd.model import CHECKERS, CUSTOM_CHECKER, LANGUAGE_ROLES, Status
 
 PATH = "/openapi.json"
 OPENAPI_VERSION = "3.1.0"
@@ -62,7 +62,7 @@ def _language(languages: Sequence[str]) -> Schema:
 
 
 def submission_properties(config: Config, languages: Sequence[str] = ()) -> dict[str, Schema]:
-    """POST /execute's fields (api.KNOWN_FIELDS and api.LATER_FIELDS); `languages`: the
+    """POST /execute's fields (api.KNOWN_FIELDS); `languages`: the
     ids the daemon loaded (any string if empty)."""
     limits = config.limits
     return {
@@ -87,9 +87,9 @@ def submission_properties(config: Config, languages: Sequence[str] = ()) -> dict
                   "items": _ref("File")},
         "command_line_arguments": _strings(api.MAX_ARGUMENTS),
         "compiler_options": _strings(api.MAX_ARGUMENTS),
-        "interactor_source": {**STRING, "description": "not supported yet: refused"},
-        "interactor_language": {**_language(languages),
-                                "description": "not supported yet: refused"},
+        "interactor_source": {**STRING, "description": "an interactive problem's "
+                              "interactor (with interactor_language; never with checker)"},
+        "interactor_language": _language(languages),
     }
 
 
@@ -117,7 +117,8 @@ TEST_RESULT: Schema = {
         "status": {"enum": [s.value for s in Status if s.is_final] + ["Skipped"]},
         "stdout": STRING, "stderr": STRING, "exit_code": NULLABLE_INT, "signal": NULLABLE_INT,
         "time_ms": NULLABLE_INT, "wall_time_ms": NULLABLE_INT, "memory_kb": NULLABLE_INT,
-        "message": STRING, "checker_message": STRING, "output_truncated": BOOLEAN,
+        "message": STRING, "checker_message": STRING, "interactor_message": STRING,
+        "output_truncated": BOOLEAN,
     },
 }
 
@@ -135,9 +136,11 @@ RESULT_PROPERTIES: dict[str, Schema] = {
     "cached": BOOLEAN,
     # Only when set: why the sandbox failed (Internal Error).
     "message": STRING,
-    # Result.extra, filled by the runner: the per-test list, a custom checker's message.
+    # Result.extra, filled by the runner: the per-test list, a custom checker's or an
+    # interactor's message.
     "tests": {"type": "array", "items": TEST_RESULT},
     "checker_message": STRING,
+    "interactor_message": STRING,
 }
 # What every result has (Result.to_json); the rest appear when they apply.
 RESULT_REQUIRED = ["submission_id", "status", "stdout", "stderr", "exit_code", "signal",
@@ -153,6 +156,7 @@ NATIVE_LANGUAGE: Schema = {
         "run_command": {"type": "array", "items": STRING},
         "available": BOOLEAN, "unavailable_reason": NULLABLE_STRING,
         "packages": {"type": "array", "items": STRING},
+        "usable_as": {"type": "array", "items": {"enum": list(LANGUAGE_ROLES)}},
     },
 }
 
