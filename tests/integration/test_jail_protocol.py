@@ -185,3 +185,27 @@ async def test_rlimit_data_on_request_fails_brk_growth_too(sandbox, registry):
     assert out.stdout == b"failed 12\n", out
     unlimited = await run_in_workspace(sandbox, registry, ["/usr/bin/python3", "-c", code])
     assert unlimited.stdout == b"ok 0\n", unlimited
+
+
+# The named steps every traced box passes, in the order they must happen: the
+# supervisor (S), the box's first process (D), its init (I) and the program (P).
+TRACED_IN_ORDER = ("S cgroup created", "S spawn sent", "D forked", "D cgroup", "D unshare",
+                   "D usermap", "I mounts", "I loopback", "S STARTED read", "S GO sent",
+                   "P release", "P seccomp", "I exec stop", "S EXECED read",
+                   "I program ended", "S killed", "S cgroup removed")
+
+
+async def test_a_traced_box_reports_its_steps_on_one_timeline(sandbox, registry):
+    out = await run_in_workspace(sandbox, registry, ["/bin/true"], trace_steps=True)
+    assert out.termination is Termination.EXITED and out.exit_code == 0
+    names = [name for name, _ in out.steps]
+    times = [at for _, at in out.steps]
+    assert times == sorted(times)
+    assert [n for n in names if n in TRACED_IN_ORDER] == list(TRACED_IN_ORDER)
+    # Each process's entries travel once.
+    assert len(names) == len(set(names)) + names.count("D pdeathsig") - 1
+
+
+async def test_an_untraced_box_reports_no_steps(sandbox, registry):
+    out = await run_in_workspace(sandbox, registry, ["/bin/true"])
+    assert out.termination is Termination.EXITED and out.steps == ()
