@@ -100,7 +100,11 @@ lint: deps
 	$(VENV)/bin/ruff check sandboxd tests bench
 	$(VENV)/bin/mypy sandboxd
 
+# Measures, never asserts (BENCHMARKS.md). bubblewrap is the comparison, installed here
+# only (not by `make deps`/`make run`). BENCH_N=20 BENCH_RUNS=200 shortens it.
 bench: deps
+	@command -v bwrap >/dev/null || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends bubblewrap; }
 	$(PY) bench/overhead.py
 
 clean:
