@@ -4,12 +4,12 @@
     -----------------------------------------------------------------------------------
     SPAWN {spec,...} + fds  -->
                                 fork D ------------------------> join cgroup, setsid,
-                                                                 stdio, rlimits, keeper
-                                                                 id, unshare
+                            <-- SPAWNED {pid of D}               stdio, rlimits, keeper
+                                (serves other SPAWNs meanwhile)  id, unshare
                                                    <- USERMAP_PLS (sync socket)
                                 write uid/gid maps
                                 USERMAP_ACK ------------------->  fork I
-                            <-- SPAWNED {pid of D}               I: setsid, mounts,
+                                                                 I: setsid, mounts,
                                                                     pivot_root, lo up,
                                                                     fork P (waits)
                         <------------------------------------- STARTED   (report pipe)
