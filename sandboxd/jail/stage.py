@@ -244,8 +244,11 @@ def run_box(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, procs_files: list
         os.close(lifeline_w)
         _init(spec, plan, bpf, lifeline_r)
     os.close(lifeline_r)
+    if _trace is not None:
+        _trace = []  # the entries so far are I's to send (it has a copy)
     # D holds nothing the box needs; it waits so that I's pdeathsig stays armed.
     _, status = os.waitpid(init, 0)
+    _report_trace("D reaped I")  # I's exit: the PID, mount and other namespaces' ends
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 

@@ -193,8 +193,8 @@ async def test_rlimit_data_on_request_fails_brk_growth_too(sandbox, registry):
 # supervisor (S), the box's first process (D), its init (I) and the program (P).
 TRACED_IN_ORDER = ("S cgroup created", "S spawn sent", "D forked", "D cgroup", "D unshare",
                    "D usermap", "I mounts", "I loopback", "S STARTED read", "S GO sent",
-                   "P release", "P seccomp", "I exec stop", "S EXECED read",
-                   "I program ended", "S killed", "S cgroup removed")
+                   "P release", "P seccomp", "I exec stop", "I program ended",
+                   "D reaped I", "S box ended", "S killed", "S cgroup removed")
 
 
 async def test_a_traced_box_reports_its_steps_on_one_timeline(sandbox, registry):
