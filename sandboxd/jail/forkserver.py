@@ -19,6 +19,7 @@ pipe straight to the supervisor, never through here.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import select
@@ -95,13 +96,12 @@ class ForkServer:
         """A box asked for its id maps (or died before it could: EOF)."""
         index = next(i for i, (sock, _, _) in enumerate(self.usermaps) if sock.fileno() == fd)
         sync, pid, ids = self.usermaps.pop(index)
-        with sync:
+        # Any OSError here is this one box's (killed meanwhile, say), never the server's.
+        with sync, contextlib.suppress(OSError):
             if sync.recv(1) != protocol.USERMAP_PLS:
                 return  # the box failed earlier and said why on its report pipe
-            try:
-                userns.write_id_maps(pid, ids)
-            except OSError:
-                return  # the box sees EOF instead of the ACK and reports its usermap step
+            # On failure the box sees EOF instead of the ACK and reports its usermap step.
+            userns.write_id_maps(pid, ids)
             sync.send(protocol.USERMAP_ACK)
 
     def reap(self) -> None:
