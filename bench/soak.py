@@ -128,7 +128,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="sandboxd-soak-") as tmp_name:
         tmp = Path(tmp_name)
         daemon = start_daemon(
-            tmp, languages=["c"],
+            tmp, languages=["c"], log_name="soak-daemon.log",
             config_text=f'[sandbox]\nstate_dir = "{STATE_DIR}"\nuid_base = {UID_BASE}\n'
                         f'[server]\nworkers = {workers}\nresult_ttl_s = {RESULT_TTL_S}\n'
                         f'max_tests = {TESTS_PER_SUBMISSION}\n')
