@@ -270,6 +270,8 @@ def throughput(tmp: Path) -> dict:
         tmp, languages=["c"], log_name="throughput-daemon.log",
         config_text=f'[sandbox]\nstate_dir = "{STATE_DIR}-http"\n'
                     f'[server]\nworkers = {CLIENTS}\nmax_tests = {per_client}\n'
+                    # a submission of 125 tests outlasts the default 30 s on a busy host
+                    f'wait_cap_s = 600\n'
                     f'queue_size = {4 * CLIENTS}\n')
     try:
         time.sleep(1.0)  # settled after start: the idle figure
@@ -373,6 +375,11 @@ def print_report(results: dict) -> None:
               f"{ms(b['workspace_create_and_remove']):>7}")
 
 
+def save(results: dict) -> None:
+    """After each part: a later part's failure keeps the earlier ones' figures."""
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+
+
 def main() -> None:
     results: dict = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
                      "machine": machine(), "n": N}
@@ -389,19 +396,22 @@ def main() -> None:
                 if "1" in PARTS:
                     print("part 1: jail overhead ...", flush=True)
                     results["jail_overhead"] = asyncio.run(jail_overhead(boxes, true_bin))
+                    save(results)
                 if "4" in PARTS:
                     print("part 4: breakdown ...", flush=True)
                     results["breakdown"] = asyncio.run(breakdown(boxes))
+                    save(results)
             finally:
                 boxes.close()
         if "2" in PARTS:
             print("part 2: end to end ...", flush=True)
             results["end_to_end"] = end_to_end(tmp)
+            save(results)
         if "3" in PARTS:
             print("part 3: throughput ...", flush=True)
             results["throughput"] = throughput(tmp)
     results["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    save(results)
     print_report(results)
     print(f"\nwritten: {RESULTS}")
 

@@ -131,7 +131,7 @@ def main() -> int:
             tmp, languages=["c"], log_name="soak-daemon.log",
             config_text=f'[sandbox]\nstate_dir = "{STATE_DIR}"\nuid_base = {UID_BASE}\n'
                         f'[server]\nworkers = {workers}\nresult_ttl_s = {RESULT_TTL_S}\n'
-                        f'max_tests = {TESTS_PER_SUBMISSION}\n')
+                        f'max_tests = {TESTS_PER_SUBMISSION}\nwait_cap_s = 600\n')
         problems: list[str] = []
         try:
             pid = daemon.process.pid
