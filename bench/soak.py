@@ -172,7 +172,9 @@ def main() -> int:
                   flush=True)
             rss_series = []
             start = time.monotonic()
-            chunks = [kinds[i::10] for i in range(10)]
+            # Ten consecutive slices: each holds every kind in the plan's proportions.
+            size = -(-len(kinds) // 10)
+            chunks = [kinds[i * size:(i + 1) * size] for i in range(10)]
             with ThreadPoolExecutor(CLIENTS) as pool:
                 for i, chunk in enumerate(chunks):
                     list(pool.map(submit, chunk))
