@@ -21,7 +21,7 @@ $(error cannot read the packages of languages.toml (LANGUAGES="$(LANGUAGES)"))
 endif
 APT_PACKAGES := $(BASE_PACKAGES) $(LANGUAGE_PACKAGES)
 
-.PHONY: FORCE deps run install test test-unit test-host test-v2 test-v1-comount lint bench clean
+.PHONY: FORCE deps run install test test-unit test-host test-v2 test-v1-comount lint bench soak clean
 
 deps: $(VENV)/.installed
 
@@ -100,8 +100,18 @@ lint: deps
 	$(VENV)/bin/ruff check sandboxd tests bench
 	$(VENV)/bin/mypy sandboxd
 
+# Measures, never asserts (BENCHMARKS.md). bubblewrap is the comparison, installed here
+# only (not by `make deps`/`make run`). BENCH_N=20 BENCH_RUNS=200 shortens it.
 bench: deps
+	@command -v bwrap >/dev/null || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends bubblewrap; }
 	$(PY) bench/overhead.py
+
+# 10 000 mixed runs (hello worlds, fork/memory bombs, output floods, timeouts) through a
+# daemon, then checks nothing leaked (bench/soak.py). Not part of `make test`; SOAK_N=500
+# shortens it.
+soak: deps
+	$(PY) bench/soak.py
 
 clean:
 	rm -rf $(VENV) .apt-stamp .cache .pytest_cache

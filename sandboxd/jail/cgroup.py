@@ -451,7 +451,10 @@ def _freeze_kill_thaw(state_file: Path, frozen: str, thawed: str,
     """SIGKILL all at once (a program over its CPU limit stops now, not after the freeze
     settles), then freeze so nothing forked meanwhile escapes, SIGKILL all, thaw to let
     them die."""
-    for pid in pids():
+    victims = pids()
+    if not victims:
+        return  # an empty cgroup gains no process by itself: nothing to freeze
+    for pid in victims:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

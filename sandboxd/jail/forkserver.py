@@ -9,13 +9,18 @@ both cheap and safe.
 
 It serves one request at a time on a SOCK_SEQPACKET socket (see protocol.py):
 SPAWN carries the spec as JSON and the box's stdin/stdout/stderr/report
-descriptors as SCM_RIGHTS; the reply is the pid of the box's first process.
+descriptors as SCM_RIGHTS; the reply is the pid of the box's first process,
+sent right after the fork. It never waits for a box: a box's request for its id
+maps (userns.py) is one more descriptor in its poll loop, answered when it comes,
+so any number of boxes go through their setup at once.
 It reaps every box process it forked; results travel on each box's report
 pipe straight to the supervisor, never through here.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import select
 import signal
@@ -29,7 +34,6 @@ import prctl
 from . import mounts, protocol, seccomp, stage, userns
 from .spec import JailSpec, SeccompProfile
 
-USERMAP_TIMEOUT_S = 10.0
 FILTER_CACHE_SIZE = 32
 
 
@@ -38,6 +42,8 @@ class ForkServer:
         self.sock = sock
         self.root_dir = root_dir
         self.filters: dict[tuple[SeccompProfile, int], bytes] = {}
+        # Boxes forked and not yet given their id maps: (sync socket, D's pid, ids).
+        self.usermaps: list[tuple[socket.socket, int, userns.SlotIds]] = []
 
     def bpf_for(self, profile: SeccompProfile, allocation_limit: int) -> bytes:
         """Compiled once per (profile, memory limit): judges use a handful of limits."""
@@ -54,24 +60,49 @@ class ForkServer:
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLIN)
+        poller.register(wake_r, select.POLLIN)
         while True:
-            ready, _, _ = select.select([self.sock.fileno(), wake_r], [], [])
-            if wake_r in ready:
-                stage.drain(wake_r)
-                self.reap()
-            if self.sock.fileno() in ready:
-                msg, fds, _flags, _addr = socket.recv_fds(self.sock, protocol.MAX_MESSAGE,
-                                                             protocol.SPAWN_FDS)
-                if not msg:
-                    return  # the daemon is gone
-                try:
-                    reply = self.spawn(protocol.decode(msg), fds)
-                except Exception as e:  # noqa: BLE001 - the daemon must get an answer
-                    reply = {"error": f"{type(e).__name__}: {e}"}
-                finally:
-                    for fd in fds:
-                        os.close(fd)
-                self.sock.send(protocol.encode(reply))
+            for fd, _events in poller.poll():
+                if fd == wake_r:
+                    stage.drain(wake_r)
+                    self.reap()
+                elif fd == self.sock.fileno():
+                    if not self.answer_spawn(poller):
+                        return  # the daemon is gone
+                else:
+                    poller.unregister(fd)
+                    self.answer_usermap(fd)
+
+    def answer_spawn(self, poller: select.poll) -> bool:
+        msg, fds, _flags, _addr = socket.recv_fds(self.sock, protocol.MAX_MESSAGE,
+                                                     protocol.SPAWN_FDS)
+        if not msg:
+            return False
+        try:
+            reply = self.spawn(protocol.decode(msg), fds)
+        except Exception as e:  # noqa: BLE001 - the daemon must get an answer
+            reply = {"error": f"{type(e).__name__}: {e}"}
+        finally:
+            for fd in fds:
+                os.close(fd)
+        if "pid" in reply:
+            poller.register(self.usermaps[-1][0].fileno(), select.POLLIN)
+        self.sock.send(protocol.encode(reply))
+        return True
+
+    def answer_usermap(self, fd: int) -> None:
+        """A box asked for its id maps (or died before it could: EOF)."""
+        index = next(i for i, (sock, _, _) in enumerate(self.usermaps) if sock.fileno() == fd)
+        sync, pid, ids = self.usermaps.pop(index)
+        # Any OSError here is this one box's (killed meanwhile, say), never the server's.
+        with sync, contextlib.suppress(OSError):
+            if sync.recv(1) != protocol.USERMAP_PLS:
+                return  # the box failed earlier and said why on its report pipe
+            # On failure the box sees EOF instead of the ACK and reports its usermap step.
+            userns.write_id_maps(pid, ids)
+            sync.send(protocol.USERMAP_ACK)
 
     def reap(self) -> None:
         while True:
@@ -83,6 +114,9 @@ class ForkServer:
                 return
 
     def spawn(self, request: dict, fds: list[int]) -> dict:
+        """Fork the box's D and answer at once: D's setup (cgroup join, unshare) runs
+        on its own while this server forks other boxes; D's request for its id maps
+        comes back on its sync socket, answered by `answer_usermap` when it arrives."""
         if len(fds) != protocol.SPAWN_FDS:
             raise ValueError(f"SPAWN needs {protocol.SPAWN_FDS} descriptors, got {len(fds)}")
         spec = JailSpec.from_wire(request["spec"])
@@ -93,24 +127,11 @@ class ForkServer:
         me = os.getpid()
         pid = os.fork()
         if pid == 0:
-            parent_end.close()
+            parent_end.close()  # (other boxes' sync sockets: closed by D's stdio step)
             stage.run_box(spec, plan, bpf, request["procs_files"], fds, child_end.fileno(), me,
                           ids.keeper)
         child_end.close()
-        with parent_end:
-            parent_end.settimeout(USERMAP_TIMEOUT_S)
-            try:
-                asked = parent_end.recv(1)
-            except TimeoutError:
-                asked = b""
-            if asked == protocol.USERMAP_PLS:
-                try:
-                    userns.write_id_maps(pid, ids)
-                except OSError:
-                    pass  # the box sees EOF instead of the ACK and reports its usermap step
-                else:
-                    parent_end.send(protocol.USERMAP_ACK)
-            # Anything else: the box failed earlier and said why on its report pipe.
+        self.usermaps.append((parent_end, pid, ids))
         return {"pid": pid}
 
 
@@ -155,6 +176,9 @@ def main() -> None:
     # Warm up: compile the default filter and import everything before the first box.
     server = ForkServer(sock, root_dir)
     server.bpf_for(SeccompProfile(), 256 << 20)
+    # Everything imported so far is never scanned by the collector again: a collection
+    # in a forked box process then touches (and so copies) none of these pages.
+    gc.freeze()
     server.serve()
 
 

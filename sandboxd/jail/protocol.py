@@ -4,12 +4,12 @@
     -----------------------------------------------------------------------------------
     SPAWN {spec,...} + fds  -->
                                 fork D ------------------------> join cgroup, setsid,
-                                                                 stdio, rlimits, keeper
-                                                                 id, unshare
+                            <-- SPAWNED {pid of D}               stdio, rlimits, keeper
+                                (serves other SPAWNs meanwhile)  id, unshare
                                                    <- USERMAP_PLS (sync socket)
                                 write uid/gid maps
                                 USERMAP_ACK ------------------->  fork I
-                            <-- SPAWNED {pid of D}               I: setsid, mounts,
+                                                                 I: setsid, mounts,
                                                                     pivot_root, lo up,
                                                                     fork P (waits)
                         <------------------------------------- STARTED   (report pipe)
@@ -28,6 +28,8 @@ Any step that fails sends FAILED {step, errno, message} on the report pipe and
 exits; the supervisor turns it into an Internal Error. EOF without EXITED and
 without FAILED means the box was killed (limits) before its program ended.
 The report pipe is close-on-exec: the user's program never holds it.
+With JailSpec.trace_steps, STARTED carries D's and I's step trace ("steps"), and P
+(before its execve) and I (when the program ended) each send theirs in a STEPS line.
 """
 
 from __future__ import annotations
@@ -77,16 +79,19 @@ class Report:
     failed_step: str | None = None
     failed_errno: int = 0
     failed_message: str = ""
+    steps: tuple[tuple[str, int], ...] = ()  # JailSpec.trace_steps: the box's step trace
 
 
 def parse_report(raw: bytes) -> Report:
     fields: dict = {}
+    steps: list[tuple[str, int]] = []
     for line in raw.splitlines():
         try:
             msg = decode(line)
         except ValueError:
             continue  # only our own code writes here; a torn line is ignored
         kind = msg.get("kind")
+        steps.extend((str(name), int(at)) for name, at in msg.get("steps", ()))
         if kind == "STARTED":
             fields["started"] = True
         elif kind == "EXECED":
@@ -101,4 +106,4 @@ def parse_report(raw: bytes) -> Report:
         elif kind == "FAILED" and "failed_step" not in fields:
             fields.update(failed_step=msg["step"], failed_errno=msg["errno"],
                           failed_message=msg["message"])
-    return Report(**fields)
+    return Report(**fields, steps=tuple(steps))

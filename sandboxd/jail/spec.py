@@ -66,6 +66,8 @@ class JailSpec:
     stdin: bytes = b""
     merge_stderr: bool = False  # compile steps: one stream keeps gcc's messages in order
     slot: int = 0  # the box slot; picks the host uid/gid the program runs as
+    # Record when each setup step of the box ends (JailOutcome.steps): for `make bench`.
+    trace_steps: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         """The child-side part of the spec (no stdin: it travels as a file descriptor)."""
@@ -85,6 +87,7 @@ class JailSpec:
             seccomp=SeccompProfile(extra_syscalls=tuple(data["seccomp"]["extra_syscalls"])),
             merge_stderr=data["merge_stderr"],
             slot=data["slot"],
+            trace_steps=data.get("trace_steps", False),
         )
 
 
@@ -119,6 +122,9 @@ class JailOutcome:
     # when the program then failed), see stage.py.
     memory_refused: bool = False
     setup_error: str | None = None  # "step: strerror" when the sandbox itself failed
+    # JailSpec.trace_steps: ("<who> <step>", CLOCK_MONOTONIC ns when it ended), in time
+    # order; who is S (supervisor), F (fork server), D, I or P (stage.py). Else empty.
+    steps: tuple[tuple[str, int], ...] = ()
 
 
 class JailError(Exception):

@@ -129,9 +129,21 @@ _NR_MREMAP = 25  # x86_64
 _NS_CLOCK_FMT = 8  # bytes of P's pre-exec CPU time on the exec pipe (little endian)
 
 
+# The step trace (JailSpec.trace_steps): None unless asked, so an untraced box pays one
+# global lookup per step. When asked: (process + step, CLOCK_MONOTONIC ns at the step's
+# end), the clock every process of the host shares (no time namespace), so the
+# supervisor puts D's, I's and P's steps on one timeline with its own. D's entries
+# reach I by the fork; I sends D's and its own with STARTED, P its own before execve.
+_trace: list[tuple[str, int]] | None = None
+_process = "D"  # the trace's name for the process running the steps: D, I or P
+
+
 def _step(name: str, fn, *args):
     try:
-        return fn(*args)
+        result = fn(*args)
+        if _trace is not None:
+            _trace.append((f"{_process} {name}", time.monotonic_ns()))
+        return result
     except OSError as e:
         try:
             protocol.report(REPORT_FD, {"kind": "FAILED", "step": name, "errno": e.errno or 0,
@@ -210,6 +222,9 @@ def _usermap() -> None:
 def run_box(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, procs_files: list[str],
             fds: list[int], sync: int, server_pid: int, keeper_id: int) -> NoReturn:
     """D: entered right after fork in the fork server's child. Never returns."""
+    global _trace
+    if spec.trace_steps:
+        _trace = [("D forked", time.monotonic_ns())]
     # Any signal handler of the fork server must not run here.
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     _step("pdeathsig", _pdeathsig, server_pid)
@@ -229,8 +244,11 @@ def run_box(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, procs_files: list
         os.close(lifeline_w)
         _init(spec, plan, bpf, lifeline_r)
     os.close(lifeline_r)
+    if _trace is not None:
+        _trace = []  # the entries so far are I's to send (it has a copy)
     # D holds nothing the box needs; it waits so that I's pdeathsig stays armed.
     _, status = os.waitpid(init, 0)
+    _report_trace("D reaped I")  # I's exit: the PID, mount and other namespaces' ends
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
@@ -263,7 +281,10 @@ def _hostname() -> None:
 
 def _ready_set_go() -> None:
     # Every box process sleeps now, so the supervisor reads an exact CPU counter.
-    protocol.report(REPORT_FD, {"kind": "STARTED"})
+    started: dict = {"kind": "STARTED"}
+    if _trace is not None:
+        started["steps"] = _trace
+    protocol.report(REPORT_FD, started)
     if os.read(GO_FD, 1) != protocol.GO:
         raise OSError(errno.ECANCELED, "supervisor did not let the program start")
     os.close(GO_FD)
@@ -442,7 +463,20 @@ def _reap_until_program_ends(program: int, refusals: _Refusals) -> tuple[int, in
             refusals.answer_one()
 
 
+def _report_trace(*last: str) -> None:
+    """Send this process's trace entries so far (with `last` stamped now), then start
+    a fresh list: each entry travels once."""
+    global _trace
+    if _trace is not None:
+        now = time.monotonic_ns()
+        protocol.report(REPORT_FD, {"kind": "STEPS",
+                                    "steps": _trace + [(name, now) for name in last]})
+        _trace = []
+
+
 def _init(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, lifeline: int) -> NoReturn:
+    global _process
+    _process = "I"
     _step("pdeathsig", _init_pdeathsig, lifeline)
     _step("session", os.setsid)
     _step("mounts", mounts.execute, plan)
@@ -469,6 +503,8 @@ def _init(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, lifeline: int) -> N
     theirs.close()
     traced = _trace_exec(program)
     _step("go", _ready_set_go)
+    if _trace is not None:
+        del _trace[:-1]  # sent with STARTED, all but "I go" (GO received)
     init_cpu_start = time.clock_gettime_ns(time.CLOCK_PROCESS_CPUTIME_ID)
     os.write(release_w, protocol.GO)
     os.close(release_w)
@@ -482,9 +518,12 @@ def _init(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, lifeline: int) -> N
         if pre_exec_ns is not None:
             _program_starts(pre_exec_ns, spec.limits.memory_bytes)
     started = time.monotonic_ns()
+    if _trace is not None:
+        _trace.append(("I exec stop" if traced else "I exec seen", started))
     status, program_cpu = ((ended, 0) if ended is not None
                            else _reap_until_program_ends(program, refusals))
     wall = time.monotonic_ns() - started
+    _report_trace("I program ended")
     cpu = parse_cpu_usage_ns(_read_counter(CPU_USAGE_FD))
     init_cpu = time.clock_gettime_ns(time.CLOCK_PROCESS_CPUTIME_ID) - init_cpu_start
     protocol.report(REPORT_FD, {
@@ -555,6 +594,10 @@ def _released(release: int) -> None:
 
 def _program(spec: JailSpec, bpf: bytes, exec_w: int, to_init: socket.socket,
              release: int) -> NoReturn:
+    global _process, _trace
+    _process = "P"
+    if _trace is not None:
+        _trace = []  # D's and I's entries are theirs to send
     _step("release", _released, release)
     _step("cgroup", _join_program_cgroup)
     _step("signals", _signals)
@@ -565,5 +608,6 @@ def _program(spec: JailSpec, bpf: bytes, exec_w: int, to_init: socket.socket,
     _step("capabilities", _capabilities)
     _step("no_new_privs", prctl.set_no_new_privs, True)
     _step("seccomp", _seccomp, bpf, to_init)
+    _report_trace()
     _step("execve", _execve, spec, exec_w)
     os._exit(SETUP_FAILED)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -193,6 +194,7 @@ class Sandbox:
         instead of `spec.stdin` and the captured pipe; the run owns them (closes them
         whatever happens), and the outcome's stdout is empty for a passed stdout."""
         passed = [fd for fd in (stdin_fd, stdout_fd) if fd is not None]
+        trace = [("S run", time.monotonic_ns())] if spec.trace_steps else None
         try:
             self._bind_loop()
             self._ensure_forkserver()
@@ -207,11 +209,18 @@ class Sandbox:
             for fd in passed:
                 os.close(fd)
             raise
+        if trace is not None:
+            trace.append(("S cgroup created", time.monotonic_ns()))
         try:
-            return await _BoxRun(self._client, box, spec, self.slot_ids(spec.slot),
-                                 stdin_fd=stdin_fd, stdout_fd=stdout_fd).run()
+            outcome = await _BoxRun(self._client, box, spec, self.slot_ids(spec.slot), trace,
+                                    stdin_fd=stdin_fd, stdout_fd=stdout_fd).run()
         finally:
             await _destroy(box)
+        if trace is None:
+            return outcome
+        trace.append(("S cgroup removed", time.monotonic_ns()))
+        return dataclasses.replace(outcome, steps=tuple(sorted(
+            trace + list(outcome.steps), key=lambda step: step[1])))
 
 
 async def _destroy(box: cg.Cgroup) -> None:
@@ -231,8 +240,9 @@ class _BoxRun:
     """One box from spawn to outcome: the protocol and the watchdog (pipes.py reads)."""
 
     def __init__(self, client: _ForkServerClient, box: cg.Cgroup, spec: JailSpec,
-                 ids: SlotIds, *, stdin_fd: int | None = None,
-                 stdout_fd: int | None = None) -> None:
+                 ids: SlotIds, trace: list[tuple[str, int]] | None = None, *,
+                 stdin_fd: int | None = None, stdout_fd: int | None = None) -> None:
+        self.trace = trace  # the supervisor's own step trace (JailSpec.trace_steps)
         self.client = client
         self.stdin_fd = stdin_fd  # owned from here on: BoxFds closes them
         self.stdout_fd = stdout_fd
@@ -254,6 +264,10 @@ class _BoxRun:
         self.wall_exceeded = False
         self.output_exceeded = False
         self.memory_exceeded = False  # the limit was already passed when it was set
+
+    def _stamp(self, name: str) -> None:
+        if self.trace is not None:
+            self.trace.append((name, time.monotonic_ns()))
 
     def kill(self, reason: str | None = None) -> None:
         if reason is not None and self.ended_by is None:
@@ -280,6 +294,7 @@ class _BoxRun:
     def _on_message(self, message: dict) -> None:
         kind = message.get("kind")
         if kind == "STARTED" and not self.go_sent:
+            self._stamp("S STARTED read")
             self.go_sent = True
             try:
                 self.cpu_at_go = self.box.cpu_ns()
@@ -287,7 +302,9 @@ class _BoxRun:
             except OSError:
                 self.kill()  # the box died meanwhile; its report says why
             self.fds.close(self.fds.go_w)
+            self._stamp("S GO sent")
         elif kind == "EXECED" and self.started_at is None:
+            self._stamp("S EXECED read")
             self.started_at = time.monotonic()
             self.cpu_baseline_ns = self.cpu_at_go + message["pre_exec_cpu_ns"]
             if message["limit_errno"]:
@@ -321,7 +338,9 @@ class _BoxRun:
             fds.release(fds.rep_r)
             request = {"spec": self.spec.to_wire(), "procs_files": list(self.box.procs_files),
                        "ids": {"keeper": self.ids.keeper, "program": self.ids.program}}
+            self._stamp("S spawn sent")
             await self.client.spawn(request, fds.child_ends)
+            self._stamp("S spawn reply")
         except BaseException:
             for reader in (getattr(self, n, None) for n in ("stdout", "stderr", "report")):
                 if reader is not None:
@@ -338,10 +357,13 @@ class _BoxRun:
         if self.ended_by is not None and not self.killed:
             # The init reports the killed program and exits: then the rest goes.
             await asyncio.wait([self.report.done], timeout=REPORT_GRACE_S)
+        self._stamp("S box ended")
         self.kill()  # anything the program left behind dies with the box
+        self._stamp("S killed")
         readers = [r for r in (self.stdout, self.stderr, self.report) if r is not None]
         drains = [r.drain() for r in readers if isinstance(r, OutputReader)]
         await asyncio.wait([self.report.done, *drains], timeout=DRAIN_TIMEOUT_S)
+        self._stamp("S output drained")
         for r in readers:
             r.close()
         try:
@@ -494,4 +516,5 @@ class _BoxRun:
             output_exceeded=self.output_exceeded,
             memory_refused=report.refused_bytes > 0,
             setup_error=setup_error,
+            steps=report.steps,
         )

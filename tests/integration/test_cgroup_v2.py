@@ -113,7 +113,8 @@ async def test_no_box_cgroup_remains_after_50_runs(v2, execute):
     for i in range(0, 50, 2):
         results = await asyncio.gather(*(execute("python3", sources[(i + k) % len(sources)])
                                          for k in range(2)))
-        assert all(r.status in (Status.ACCEPTED, Status.RUNTIME_ERROR) for r in results)
+        assert all(r.status in (Status.ACCEPTED, Status.RUNTIME_ERROR) for r in results), \
+            [(r.status, r.message) for r in results]
     mine = [p for p in v2.box_dirs() if p.name.startswith(f"box-{os.getpid()}-")]
     assert mine == []
     assert not any(p.name in (cgroup.KEEPER, cgroup.PROGRAM) for p in v2.root.rglob("*"))

@@ -258,3 +258,22 @@ int main(void) {
         else:
             conn.close()
             raise AssertionError("the host's abstract unix socket got a connection from the box")
+
+
+async def test_loopback_is_up_with_its_addresses(execute):
+    # `lo` is brought up in the box (runtimes expect it): the kernel then gives it
+    # 127.0.0.1 (a host route in the local table) and ::1 where IPv6 is enabled.
+    source = r"""
+def check(name, cond, detail):
+    print(f"{name}:OK" if cond else f"{name}:FAIL {detail}", flush=True)
+
+trie = open("/proc/net/fib_trie").read()
+check("lo_has_127_0_0_1", "|-- 127.0.0.1\n" in trie and "/8 host LOCAL" in trie, trie)
+try:
+    inet6 = open("/proc/net/if_inet6").read().split()
+except FileNotFoundError:  # IPv6 disabled on this host: nothing to check
+    inet6 = ["00000000000000000000000000000001", "lo"]
+check("lo_has_ipv6_loopback", "00000000000000000000000000000001" in inet6, inet6)
+"""
+    result = await execute("python3", source)
+    assert_checks(result, ["lo_has_127_0_0_1", "lo_has_ipv6_loopback"])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
+from pathlib import Path
 
 from sandboxd.jail.spec import Bind, BoxLimits, JailSpec, Termination
 from tests.conftest import SLOWDOWN
@@ -185,3 +187,63 @@ async def test_rlimit_data_on_request_fails_brk_growth_too(sandbox, registry):
     assert out.stdout == b"failed 12\n", out
     unlimited = await run_in_workspace(sandbox, registry, ["/usr/bin/python3", "-c", code])
     assert unlimited.stdout == b"ok 0\n", unlimited
+
+
+# The named steps every traced box passes, in the order they must happen: the
+# supervisor (S), the box's first process (D), its init (I) and the program (P).
+TRACED_IN_ORDER = ("S cgroup created", "S spawn sent", "D forked", "D cgroup", "D unshare",
+                   "D usermap", "I mounts", "I loopback", "S STARTED read", "S GO sent",
+                   "P release", "P seccomp", "I exec stop", "I program ended",
+                   "D reaped I", "S box ended", "S killed", "S cgroup removed")
+
+
+async def test_a_traced_box_reports_its_steps_on_one_timeline(sandbox, registry):
+    out = await run_in_workspace(sandbox, registry, ["/bin/true"], trace_steps=True)
+    assert out.termination is Termination.EXITED and out.exit_code == 0
+    names = [name for name, _ in out.steps]
+    times = [at for _, at in out.steps]
+    assert times == sorted(times)
+    assert [n for n in names if n in TRACED_IN_ORDER] == list(TRACED_IN_ORDER)
+    # Each process's entries travel once.
+    assert len(names) == len(set(names)) + names.count("D pdeathsig") - 1
+
+
+async def test_an_untraced_box_reports_no_steps(sandbox, registry):
+    out = await run_in_workspace(sandbox, registry, ["/bin/true"])
+    assert out.termination is Termination.EXITED and out.steps == ()
+
+
+def _freezer(box) -> tuple[Path, str, str]:
+    """(state file, frozen value, thawed value) of a box cgroup, v1 or v2."""
+    if box.__class__.__name__ == "V2Cgroup":
+        return box.path / "cgroup.freeze", "1", "0"
+    return box.dirs["freezer"] / "freezer.state", "FROZEN", "THAWED"
+
+
+async def test_a_box_stuck_in_its_setup_does_not_hold_up_the_fork_server(sandbox, registry,
+                                                                         monkeypatch):
+    """The first box's cgroup is frozen before it is spawned: its D stops on joining it,
+    before asking for its id maps. The fork server must serve the next box meanwhile,
+    and still answer the first box's id-map request once it is thawed."""
+    create = sandbox.cgroups.create
+    frozen = []
+
+    def create_frozen_once(limits):
+        box = create(limits)
+        if not frozen:
+            state, freeze, _ = _freezer(box)
+            state.write_text(freeze)
+            frozen.append(box)
+        return box
+
+    monkeypatch.setattr(sandbox.cgroups, "create", create_frozen_once)
+    first = asyncio.create_task(run_in_workspace(sandbox, registry, ["/bin/true"]))
+    while not (frozen and frozen[0].pids()):  # D has joined (and so stopped in) it
+        await asyncio.sleep(0.01)
+    second = await run_in_workspace(sandbox, registry, ["/bin/true"])
+    assert second.termination is Termination.EXITED and second.exit_code == 0
+    assert not first.done()
+    state, _, thaw = _freezer(frozen[0])
+    state.write_text(thaw)
+    out = await first
+    assert out.termination is Termination.EXITED and out.exit_code == 0, out.setup_error
