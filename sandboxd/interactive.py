@@ -32,17 +32,19 @@ The verdict, first row that applies (`decide_pair`):
 2. the solution was killed by SIGPIPE: it wrote after the interactor had closed its
    end, so the interactor had finished: the interactor's verdict (rows 4-5);
 3. the solution broke a limit or failed (Time Limit / Memory Limit / Runtime Error):
-   that verdict; except a Runtime Error after the interactor had already ended with
-   Wrong Answer (the solution then failed on the closed pipe): Wrong Answer, and a
-   Runtime Error after the interactor had already failed: Internal Error;
+   that verdict; except that a Runtime Error by exit code (not a signal) with an
+   interactor that said Wrong Answer is Wrong Answer (the solution typically failed on
+   the closed pipe; which end the daemon saw first does not matter), and any Runtime
+   Error after the interactor had already ended with Wrong Answer or failed is that
+   Wrong Answer or an Internal Error;
 4. the interactor failed: Internal Error;
 5. the interactor's exit code: Accepted or Wrong Answer.
 
-"Already ended" is the order in which the daemon saw the boxes end. Every process of
-a box holds its pipe ends until the box is gone, so the box whose end caused the
-other's (EOF, SIGPIPE) is gone before the other can even notice, and is seen ending
-first unless the event loop finds both ends in the same wakeup (then the rows above
-may swap a Runtime Error and the interactor's verdict; limits are never affected).
+"Already ended" is the order in which the daemon saw the boxes end, best effort: a
+process's pipe ends close when it exits, before its box is torn down, so the other box
+can end (and be seen ending) first. Only a solution killed by a signal (other than
+SIGPIPE) or an interactor's failure depend on it; limits and an exit code with Wrong
+Answer never do.
 """
 
 from __future__ import annotations
@@ -114,9 +116,15 @@ def decide_pair(solution: Status, solution_signal: int | None, interactor: Inter
     if solution_signal == signal.SIGPIPE:
         return interactor.status
     if solution is not Status.ACCEPTED:
-        if solution is Status.RUNTIME_ERROR and interactor_ended_first and (
-                interactor.status is not Status.ACCEPTED):
-            return interactor.status
+        if solution is Status.RUNTIME_ERROR:
+            # An exit with an error code (a program that handles EPIPE: Python's
+            # BrokenPipeError, a checked write in C) and an interactor that said Wrong
+            # Answer: whichever end the daemon saw first, the answer was wrong.
+            if solution_signal is None and interactor.status is Status.WRONG_ANSWER:
+                return Status.WRONG_ANSWER
+            # A crash after the interactor had ended (best effort, see above).
+            if interactor_ended_first and interactor.status is not Status.ACCEPTED:
+                return interactor.status
         return solution
     return interactor.status
 

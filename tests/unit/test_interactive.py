@@ -136,6 +136,10 @@ SIGPIPE = signal.SIGPIPE.value
     (RE, None, AC, True, RE),
     # ... except a failure on the closed pipe after the interactor had finished.
     (RE, None, WA, True, Status.WRONG_ANSWER),
+    (RE, None, WA, False, Status.WRONG_ANSWER),  # the end order is no evidence here
+    (RE, None, FAILED, False, RE),
+    (RE, 6, WA, True, Status.WRONG_ANSWER),  # abort() after the interactor's WA
+    (RE, 6, WA, False, RE),  # a crash by signal, seen first: the solution's own
     (RE, None, FAILED, True, Status.INTERNAL_ERROR),
     (RE, SIGPIPE, WA, True, Status.WRONG_ANSWER),
     (RE, SIGPIPE, WA, False, Status.WRONG_ANSWER),  # SIGPIPE: the interactor closed first
