@@ -27,7 +27,7 @@ from sandboxd.model import Result, Status, Submission
 
 # Fields of Submission that do not change what the program does or how it is judged:
 # where the result is POSTed, and whether the cache may be used.
-NOT_IN_KEY = frozenset({"callback_url", "cache"})
+NOT_IN_KEY = frozenset({"callback_url", "callback_format", "cache"})
 # Changing the encoding changes every key: old entries simply stop matching.
 KEY_VERSION = b"sandboxd result cache v1\0"
 

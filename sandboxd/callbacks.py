@@ -10,22 +10,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from sandboxd.model import Result
+from sandboxd.model import CallbackFormat, Result
 
 
 @dataclass(frozen=True)
 class Delivery:
-    """A callback not yet delivered: POST `body` (the result's JSON) to `url`."""
+    """A callback not yet delivered: `method` (POST, or PUT for a Judge0 callback)
+    `body` (the result's JSON, rendered when the job finished) to `url`."""
 
     id: int
     job_id: str
     url: str
     body: bytes
     attempts: int  # attempts made so far
+    method: str = "POST"
 
 
 class DeliveryStore(Protocol):
-    async def add_delivery(self, job_id: str, url: str, body: bytes) -> int:
+    async def add_delivery(self, job_id: str, url: str, body: bytes,
+                           method: str = "POST") -> int:
         """Record a new delivery (durably, where the store is); its id."""
         ...
 
@@ -44,6 +47,8 @@ class DeliveryStore(Protocol):
 
 
 class CallbackNotifier(Protocol):
-    def notify(self, job_id: str, url: str, result: Result) -> None:
-        """Deliver `result` to `url` in the background (never blocks, never raises)."""
+    def notify(self, job_id: str, url: str, result: Result,
+               callback_format: CallbackFormat = CallbackFormat.NATIVE) -> None:
+        """Deliver `result` to `url`, in `callback_format`'s shape, in the background
+        (never blocks, never raises)."""
         ...

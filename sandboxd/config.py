@@ -188,7 +188,7 @@ class WebhookConfig:
     max_backoff_s: float = 300.0  # the longest wait between attempts (also caps Retry-After)
     concurrency: int = 8  # attempts in flight at once
     backlog: int = 1000  # deliveries held in memory; more wait in the store
-    secret: str | None = None  # set: every POST carries an HMAC-SHA256 signature
+    secret: str | None = None  # set: every callback carries an HMAC-SHA256 signature
 
     @functools.cached_property
     def allowed(self) -> tuple[AllowedHost, ...]:

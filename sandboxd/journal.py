@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Jobs in acceptance order (`seq`). A job's row goes queued -> running -> finished (and
 # back to queued when a shutdown cut it short); `attempts` counts its starts, so a job
@@ -76,6 +76,13 @@ CREATE TABLE deliveries (
 );
 CREATE INDEX deliveries_pending ON deliveries (state, id);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+"""
+
+# Version 2: a delivery's HTTP method (POST for the native API's callbacks, PUT for the
+# Judge0 API's, as Judge0 sends them). A version 1 file's deliveries were all POSTs.
+_MIGRATE_V1_TO_V2 = """
+ALTER TABLE deliveries ADD COLUMN method TEXT NOT NULL DEFAULT 'POST'
+    CHECK (method IN ('POST', 'PUT'))
 """
 
 ID_KEY_NAME = "id_key"
@@ -270,8 +277,13 @@ class Journal:
                     conn.execute(statement)
             conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)",
                          (ID_KEY_NAME, secrets.token_bytes(32)))
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        # (Future versions: `if version == 1: ...migrate to 2...` here, in order.)
+            version = 1
+        # Each step takes the file one version further, in order, within the start-up
+        # transaction: a migration cut short leaves the file as it was.
+        if version == 1:
+            conn.execute(_MIGRATE_V1_TO_V2)
+            version = 2
+        conn.execute(f"PRAGMA user_version = {version}")
         row = conn.execute("SELECT value FROM meta WHERE key = ?", (ID_KEY_NAME,)).fetchone()
         if row is None:
             raise JournalError(f"{self.path}: the journal has no id key (damaged?)")
@@ -452,11 +464,12 @@ class Journal:
 
     # -- webhook deliveries (callbacks.DeliveryStore) -----------------------------------
 
-    async def add_delivery(self, job_id: str, url: str, body: bytes) -> int:
+    async def add_delivery(self, job_id: str, url: str, body: bytes,
+                           method: str = "POST") -> int:
         def write(conn: sqlite3.Connection) -> int:
             cursor = conn.execute(
-                "INSERT INTO deliveries (job_id, url, body, state, created_at) "
-                "VALUES (?, ?, ?, 'pending', ?)", (job_id, url, body, time.time()))
+                "INSERT INTO deliveries (job_id, url, body, method, state, created_at) "
+                "VALUES (?, ?, ?, ?, 'pending', ?)", (job_id, url, body, method, time.time()))
             assert cursor.lastrowid is not None
             return cursor.lastrowid
 
@@ -482,10 +495,10 @@ class Journal:
 
     async def pending_deliveries(self) -> list[Delivery]:
         def read(conn: sqlite3.Connection) -> list[Delivery]:
-            cursor = conn.execute("SELECT id, job_id, url, body, attempts FROM deliveries "
-                                  "WHERE state = 'pending' ORDER BY id")
+            cursor = conn.execute("SELECT id, job_id, url, body, attempts, method "
+                                  "FROM deliveries WHERE state = 'pending' ORDER BY id")
             return [Delivery(id=row[0], job_id=row[1], url=row[2], body=bytes(row[3]),
-                             attempts=row[4]) for row in cursor]
+                             attempts=row[4], method=row[5]) for row in cursor]
 
         return await self._call(read)
 

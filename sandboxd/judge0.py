@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import inspect
 import io
 import math
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from sandboxd import __version__
@@ -38,15 +40,17 @@ from sandboxd.api import (
     LANGUAGES_VARIANT,
     RETRY_AFTER_S,
     ApiError,
+    CallbackCheck,
     FieldError,
     JobService,
     LanguageCatalog,
     SubmissionParser,
     decode_body,
     json_response,
+    refuse_all_callbacks,
 )
 from sandboxd.config import Bound, Config
-from sandboxd.model import Result, Status
+from sandboxd.model import CallbackFormat, Result, Status, Submission
 from sandboxd.service import QueueFull, ResultExpired, Unavailable
 
 # The Judge0 API version /about reports: one the official SDK has a language table
@@ -112,6 +116,7 @@ REQUEST_FIELDS: dict[str, str] = {
     "compiler_options": "string",
     "command_line_arguments": "string",
     "additional_files": "string",
+    "callback_url": "string",
 }
 # Judge0 options accepted only at the value that is what sandboxd does anyway.
 FIXED_FIELDS: dict[str, Any] = {
@@ -130,14 +135,12 @@ UNSUPPORTED_FIELDS: dict[str, str] = {
                                     "cap (GET /languages/{id})",
     "max_file_size": "not supported: output is capped at the daemon's output limit "
                      "(GET /config_info max_file_size)",
-    "callback_url": "not supported on the Judge0 API (Judge0 PUTs its own shape); use "
-                    "the native API's callback_url (POST /execute)",
 }
 FIXED_FIELD_TYPES = {name: "integer" if isinstance(value, int) and not isinstance(value, bool)
                      else "boolean" for name, value in FIXED_FIELDS.items()}
 UNSUPPORTED_FIELD_TYPES = {"cpu_extra_time": "number", "stack_limit": "integer",
                            "max_processes_and_or_threads": "integer",
-                           "max_file_size": "integer", "callback_url": "string"}
+                           "max_file_size": "integer"}
 
 # Response fields: name -> JSON type ("status" is {"id", "description"}).
 RESPONSE_FIELDS: dict[str, str] = {
@@ -468,7 +471,7 @@ class Judge0Parser:
                          max_entries=server.max_files,
                          max_expanded_bytes=server.max_source_bytes)
 
-    def parse(self, data: Any, encoded: bool) -> Any:
+    def parse(self, data: Any, encoded: bool) -> Submission:
         if not isinstance(data, dict):
             raise Judge0Error(422, None, f"a submission must be a JSON object, not "
                                          f"{_json_type(data)}")
@@ -504,6 +507,9 @@ class Judge0Parser:
             words = _words(data, name)
             if words:
                 native[name] = words
+        callback_url = data.get("callback_url")
+        if callback_url is not None:  # checked by the native parser (webhooks' allow-list)
+            native["callback_url"] = callback_url
         archive = data.get("additional_files")
         if archive is not None:
             if not isinstance(archive, str):
@@ -514,9 +520,13 @@ class Judge0Parser:
                  "encoding": "base64"}
                 for name, content in extract_zip(archive, self.zip_limits)]
         try:
-            return self._parser.parse(native)
+            submission = self._parser.parse(native)
         except FieldError as e:
             raise from_native(e) from None
+        if submission.callback_url is not None:
+            # Called back as Judge0 calls back: its submission object, PUT.
+            submission = dataclasses.replace(submission, callback_format=CallbackFormat.JUDGE0)
+        return submission
 
     def _check_names(self, data: dict[str, Any]) -> None:
         for name, value in data.items():
@@ -592,6 +602,13 @@ def render(job_id: str, result: Result, fields: tuple[str, ...], encoded: bool) 
             if values[name] is not None:
                 values[name] = base64.b64encode(values[name].encode()).decode("ascii")
     return {name: values[name] for name in fields}
+
+
+def callback_body(job_id: str, result: Result) -> bytes:
+    """The body of a Judge0 callback, as Judge0 sends it (app/jobs/isolate_job.rb
+    `call_callback`): the submission with the default fields of GET /submissions/{token},
+    text always base64-encoded, whatever the submission asked for."""
+    return orjson.dumps(render(job_id, result, DEFAULT_FIELDS, encoded=True))
 
 
 def requested_fields(request: web.Request) -> tuple[str, ...]:
@@ -778,9 +795,10 @@ def config_info(config: Config, languages: Judge0Languages) -> dict[str, Any]:
         "allowed_languages_for_compile_options": languages.gcc_names(),
         "enable_command_line_arguments": True,
         "enable_submission_delete": False,
-        "enable_callbacks": False,
-        "callbacks_max_tries": 0,
-        "callbacks_timeout": 0.0,
+        # On when webhooks are (a host on webhooks.allowed_hosts).
+        "enable_callbacks": bool(config.webhooks.allowed_hosts),
+        "callbacks_max_tries": config.webhooks.max_attempts,
+        "callbacks_timeout": float(config.webhooks.timeout_s),
         "enable_additional_files": server.max_files > 0,
         "max_queue_size": server.queue_size,
         "cpu_time_limit": default_cpu_ms / 1000,
@@ -833,11 +851,14 @@ def routes(handlers: Judge0Handlers, prefix: str = "") -> list[web.RouteDef]:
 
 
 def add_judge0_routes(app: web.Application, *, service: JobService,
-                      languages: LanguageCatalog, config: Config) -> None:
+                      languages: LanguageCatalog, config: Config,
+                      callback_check: CallbackCheck = refuse_all_callbacks) -> None:
     """Mount the Judge0 API on `app` (before it starts): at the root and under /judge0.
-    Its submissions take no callback_url, so its parser needs no webhook check."""
+    `callback_check`: the webhook allow-list check of a callback_url, as the native
+    API's (default: webhooks off); the callback's body is `callback_body`, PUT."""
     judge0_languages = Judge0Languages(languages, config, load_language_table())
-    parser = Judge0Parser(SubmissionParser(languages, config), judge0_languages, config)
+    parser = Judge0Parser(SubmissionParser(languages, config, callback_check),
+                          judge0_languages, config)
     handlers = Judge0Handlers(service, judge0_languages, parser, config)
     app.middlewares.append(judge0_errors)
     app.add_routes(routes(handlers))

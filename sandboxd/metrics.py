@@ -76,7 +76,7 @@ class Metrics(Observer):
             "sandboxd_sandbox_failures", "Boxes that could not be set up or ended without a "
             "verdict (Internal Error).", registry=r)
         self.webhook_attempts = Counter(
-            "sandboxd_webhook_attempts", "Callback POST attempts, by outcome (ok: a 2xx "
+            "sandboxd_webhook_attempts", "Callback attempts (POST or PUT), by outcome (ok: a 2xx "
             "answer).", ["outcome"], registry=r)
         self.webhook_deliveries = Counter(
             "sandboxd_webhook_deliveries", "Callbacks finished: delivered, or failed after "

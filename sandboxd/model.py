@@ -27,6 +27,14 @@ class Status(StrEnum):
         return self not in (Status.QUEUED, Status.RUNNING)
 
 
+class CallbackFormat(StrEnum):
+    """The shape of a submission's callback (webhooks.py): sandboxd's result POSTed
+    (the native API), or Judge0's submission object PUT (the Judge0 API, docs/JUDGE0.md)."""
+
+    NATIVE = "native"
+    JUDGE0 = "judge0"
+
+
 @dataclass(frozen=True)
 class Limits:
     """Limits of the run step, as the client asked for them (already validated)."""
@@ -78,6 +86,8 @@ class Submission:
     expected_output: str | None = None
     # The final result is POSTed here (webhooks.py); only hosts on the allow-list.
     callback_url: str | None = None
+    # What is sent there, and how: set by the API the submission came through.
+    callback_format: CallbackFormat = CallbackFormat.NATIVE
     # False: never answered from the result cache, and the result is not stored there.
     cache: bool = True
     # Several tests instead of `stdin`/`expected_output`: compiled once, each test run in

@@ -541,7 +541,8 @@ class RedisService:
                                     total_s=max(0.0, at - accepted_at), run_s=run_s)
         # Only the host that stored the result notifies: a webhook is delivered once.
         if submission.callback_url is not None and self._notifier is not None:
-            self._notifier.notify(job_id, submission.callback_url, result)
+            self._notifier.notify(job_id, submission.callback_url, result,
+                                  submission.callback_format)
 
     # -- notifications and gauges -----------------------------------------------------
 

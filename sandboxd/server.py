@@ -26,6 +26,7 @@ from sandboxd.jail.spec import JailError, SeccompProfile
 from sandboxd.jail.supervisor import Sandbox
 from sandboxd.journal import Journal, JournalError
 from sandboxd.metrics import Metrics
+from sandboxd.model import CallbackFormat
 from sandboxd.runner import Runner
 from sandboxd.service import Service
 
@@ -189,7 +190,11 @@ async def _serve(config: Config, host: str, port: int, registry: languages_mod.R
         runner = Runner(sandbox, registry, config, observer=metrics)
         await probe_versions(runner, registry)
         store = journal if journal is not None else webhooks.MemoryDeliveryStore()
-        dispatcher = webhooks.Dispatcher(config.webhooks, store, observer=metrics)
+        # A Judge0 API submission is called back as Judge0 does: its shape, PUT. Known
+        # even with the Judge0 API off: a journaled job may still carry that format.
+        judge0_callback = webhooks.CallbackShape("PUT", judge0.callback_body)
+        dispatcher = webhooks.Dispatcher(config.webhooks, store, observer=metrics,
+                                         shapes={CallbackFormat.JUDGE0: judge0_callback})
         await dispatcher.start()
         service: Service | redis_backend.RedisService
         if config.queue.redis_url:
@@ -199,11 +204,14 @@ async def _serve(config: Config, host: str, port: int, registry: languages_mod.R
                                           notifier=dispatcher)
             # Recovers the journaled jobs: they start running before the port opens.
             await service.start()
-        app = api.create_app(
-            service, registry, config, metrics=metrics,
-            callback_check=lambda url: webhooks.validate_callback_url(url, config.webhooks))
+        def callback_check(url: str) -> str | None:
+            return webhooks.validate_callback_url(url, config.webhooks)
+
+        app = api.create_app(service, registry, config, metrics=metrics,
+                             callback_check=callback_check)
         if config.judge0.enabled:
-            judge0.add_judge0_routes(app, service=service, languages=registry, config=config)
+            judge0.add_judge0_routes(app, service=service, languages=registry, config=config,
+                                     callback_check=callback_check)
         openapi.add_openapi_route(app, config, [lang.id for lang in registry])
         if config.console.enabled:
             console.add_console_routes(

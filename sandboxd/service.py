@@ -592,7 +592,8 @@ class Service:
                                         total_s=max(0.0, finished_at - job.accepted_at),
                                         run_s=run_s)
             if submission.callback_url is not None and self._notifier is not None:
-                self._notifier.notify(job.id, submission.callback_url, result)
+                self._notifier.notify(job.id, submission.callback_url, result,
+                                      submission.callback_format)
         self._evict_over_bounds()
 
     async def _end_flight(self, leader: _Job, key: str, submission: Submission,

@@ -1,5 +1,10 @@
 """Webhooks: a finished job's result POSTed to its `callback_url`, reliably and safely.
 
+A submission's `callback_format` picks the body and the method (`CallbackShape`): the
+native result POSTed, or, for the Judge0 API, Judge0's submission object PUT (its
+renderer is handed in by server.py, so this module knows nothing of the Judge0 API).
+The body is rendered once, when the job finishes, and stored with the delivery.
+
 Safety first: sandboxd runs next to internal services, so a callback must not become a
 way to reach them (SSRF). A URL is accepted only for a host on `webhooks.allowed_hosts`;
 at each attempt the name is resolved once, every address that is loopback, private,
@@ -34,7 +39,7 @@ import random
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +51,7 @@ from yarl import URL
 from sandboxd import __version__
 from sandboxd.callbacks import Delivery, DeliveryStore
 from sandboxd.config import AllowedHost, IPAddress, WebhookConfig, host_name_problem
-from sandboxd.model import Result
+from sandboxd.model import CallbackFormat, Result
 from sandboxd.observer import Observer
 
 log = logging.getLogger(__name__)
@@ -238,6 +243,23 @@ class CheckingResolver(AbstractResolver):
         pass
 
 
+@dataclass(frozen=True)
+class CallbackShape:
+    """How a callback of one `CallbackFormat` is sent: the HTTP method, and the body
+    rendered from the job's id and final result."""
+
+    method: str  # "POST" or "PUT" (the journal's deliveries.method accepts only these)
+    render: Callable[[str, Result], bytes]
+
+
+def native_body(job_id: str, result: Result) -> bytes:
+    """The native API's callback body: the result as GET /submissions/{id} shows it."""
+    return orjson.dumps(result.to_json(job_id))
+
+
+NATIVE_SHAPE = CallbackShape("POST", native_body)
+
+
 class Verdict(enum.Enum):
     DELIVERED = "delivered"
     RETRY = "retry"  # worth another attempt
@@ -305,6 +327,7 @@ class DeliveryRecord:
     job_id: str
     url: str
     body: bytes
+    method: str = "POST"
     attempts: int = 0
     error: str | None = None
     delivered: bool | None = None
@@ -320,10 +343,11 @@ class MemoryDeliveryStore:
         self._finished: OrderedDict[int, DeliveryRecord] = OrderedDict()
         self._finished_kept = finished_kept
 
-    async def add_delivery(self, job_id: str, url: str, body: bytes) -> int:
+    async def add_delivery(self, job_id: str, url: str, body: bytes,
+                           method: str = "POST") -> int:
         delivery_id = self._next_id
         self._next_id += 1
-        self._pending[delivery_id] = DeliveryRecord(delivery_id, job_id, url, body)
+        self._pending[delivery_id] = DeliveryRecord(delivery_id, job_id, url, body, method)
         return delivery_id
 
     async def record_attempt(self, delivery_id: int, attempts: int, error: str | None) -> None:
@@ -342,7 +366,7 @@ class MemoryDeliveryStore:
             self._finished.popitem(last=False)
 
     async def pending_deliveries(self) -> list[Delivery]:
-        return [Delivery(r.id, r.job_id, r.url, r.body, r.attempts)
+        return [Delivery(r.id, r.job_id, r.url, r.body, r.attempts, r.method)
                 for r in self._pending.values()]
 
     def record(self, delivery_id: int) -> DeliveryRecord | None:
@@ -355,8 +379,9 @@ class MemoryDeliveryStore:
 
 
 class CallbackClient:
-    """The HTTP side: one POST of a delivery per `post`, over a client session whose only
-    resolver is `CheckingResolver`, so it connects to checked addresses only."""
+    """The HTTP side: one request of a delivery (its method) per `post`, over a client
+    session whose only resolver is `CheckingResolver`, so it connects to checked
+    addresses only."""
 
     def __init__(self, config: WebhookConfig, getaddrinfo: GetAddrInfo | None = None):
         """`getaddrinfo` replaces the event loop's (tests)."""
@@ -399,8 +424,9 @@ class CallbackClient:
         if self._config.secret is not None:
             headers[SIGNATURE_HEADER] = signature(self._config.secret, delivery.body)
         try:
-            async with self._session.post(delivery.url, data=delivery.body, headers=headers,
-                                          allow_redirects=False) as response:
+            async with self._session.request(delivery.method, delivery.url,
+                                             data=delivery.body, headers=headers,
+                                             allow_redirects=False) as response:
                 return classify_status(response.status, response.headers.get("Retry-After"))
         except aiohttp.ClientConnectorError as e:
             if isinstance(e.os_error, AddressRefused):
@@ -515,14 +541,16 @@ class Dispatcher:
 
     def __init__(self, config: WebhookConfig, store: DeliveryStore, *,
                  observer: Observer | None = None, client: CallbackClient | None = None,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None,
+                 shapes: Mapping[CallbackFormat, CallbackShape] | None = None):
         """`client` makes the attempts (default: a `CallbackClient` of `config`); `rng`
-        draws the jitter."""
+        draws the jitter; `shapes` adds callback formats to the native one."""
         self._config = config
         self._store = store
         self._observer = observer or Observer()
         self._client = client or CallbackClient(config)
         self._rng = rng or random.Random()
+        self._shapes = {CallbackFormat.NATIVE: NATIVE_SHAPE, **(shapes or {})}
         self._backlog = Backlog(store, config.backlog, self._spawn, self._check_idle)
         self._slots = asyncio.Semaphore(config.concurrency)
         self._retry_timers: dict[int, asyncio.TimerHandle] = {}
@@ -544,24 +572,31 @@ class Dispatcher:
 
     # -- the CallbackNotifier side --------------------------------------------------
 
-    def notify(self, job_id: str, url: str, result: Result) -> None:
+    def notify(self, job_id: str, url: str, result: Result,
+               callback_format: CallbackFormat = CallbackFormat.NATIVE) -> None:
         """Record a callback and deliver it in the background; never blocks or raises."""
         if self._stopping:
             log.error("webhook for job %s not recorded: the dispatcher has stopped", job_id)
             return
+        shape = self._shapes.get(callback_format)
+        if shape is None:
+            log.error("webhook for job %s not recorded: no renderer for callback format %r",
+                      job_id, str(callback_format))
+            return
         try:
-            body = orjson.dumps(result.to_json(job_id))
-        except (TypeError, orjson.JSONEncodeError) as e:
+            body = shape.render(job_id, result)
+        except (TypeError, ValueError, KeyError, orjson.JSONEncodeError) as e:
             log.error("webhook for job %s not recorded: result not serializable: %s", job_id, e)
             return
         self._recording += 1
         self._idle.clear()
-        self._spawn(self._record_new(job_id, url, body), "webhook-record")
+        self._spawn(self._record_new(job_id, url, body, shape.method), "webhook-record")
 
-    async def _record_new(self, job_id: str, url: str, body: bytes) -> None:
+    async def _record_new(self, job_id: str, url: str, body: bytes, method: str) -> None:
         try:
-            delivery_id = await self._store.add_delivery(job_id, url, body)
-            self._backlog.offer(Delivery(delivery_id, job_id, url, body, attempts=0))
+            delivery_id = await self._store.add_delivery(job_id, url, body, method)
+            self._backlog.offer(Delivery(delivery_id, job_id, url, body, attempts=0,
+                                         method=method))
         except Exception:
             log.exception("webhook for job %s not recorded: the store failed", job_id)
         finally:

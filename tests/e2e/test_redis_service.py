@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import redis.asyncio as redis
 
-from sandboxd.model import Status
+from sandboxd.model import CallbackFormat, Status
 from sandboxd.redis_backend import GROUP, RedisService, RedisStartupError, connect
 from sandboxd.service import JournalUnavailable, QueueFull, ResultExpired
 from tests.e2e.conftest import free_port
 from tests.e2e.redis_fixtures import RedisServer, require_redis_server
-from tests.unit.service_fakes import FakeRunner, submission
+from tests.unit.service_fakes import FakeNotifier, FakeRunner, submission
 
 BOUND_S = 60  # a generous bound for anything that should happen, not a measurement
 
@@ -219,3 +219,22 @@ async def test_an_identical_submission_is_a_cache_hit_on_another_service(
 async def test_unreachable_redis_is_a_start_up_error() -> None:
     with pytest.raises(RedisStartupError, match="cannot reach Redis"):
         await connect(f"redis://127.0.0.1:{free_port()}/0")
+
+
+async def test_a_judge0_callback_keeps_its_format_through_redis(redis_server, services) -> None:
+    """The host that runs the job calls back in the shape of the API it came through:
+    the format travels with the submission in Redis (codec.py)."""
+    url = "http://127.0.0.1:1/hook"
+    job_id = await _service_less_submit(redis_server.url, submission(
+        "called back", cache=False, callback_url=url, callback_format=CallbackFormat.JUDGE0))
+    notifier = FakeNotifier()
+    runner = FakeRunner()
+    a = await _service(services, redis_server.url, runner, notifier=notifier)
+    result = await a.wait(job_id, BOUND_S)
+    assert result.status is Status.ACCEPTED
+    for _ in range(BOUND_S * 10):  # notified right after the result is stored
+        if notifier.sent:
+            break
+        await asyncio.sleep(0.1)
+    assert notifier.sent == [(job_id, url, result)]
+    assert notifier.formats == [CallbackFormat.JUDGE0]

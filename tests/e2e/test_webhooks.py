@@ -102,8 +102,9 @@ class RecordingStore(MemoryDeliveryStore):
         super().__init__()
         self.calls: list[tuple] = []
 
-    async def add_delivery(self, job_id: str, url: str, body: bytes) -> int:
-        delivery_id = await super().add_delivery(job_id, url, body)
+    async def add_delivery(self, job_id: str, url: str, body: bytes,
+                           method: str = "POST") -> int:
+        delivery_id = await super().add_delivery(job_id, url, body, method)
         self.calls.append(("add", delivery_id))
         return delivery_id
 

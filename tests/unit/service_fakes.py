@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from sandboxd.model import Limits, Result, Status, Submission
+from sandboxd.model import CallbackFormat, Limits, Result, Status, Submission
 from sandboxd.observer import Observer
 
 LIMITS = Limits(time_limit_ms=2000, wall_time_limit_ms=5000, memory_limit_mb=256)
@@ -94,9 +94,12 @@ class RecordingObserver(Observer):
 class FakeNotifier:
     def __init__(self) -> None:
         self.sent: list[tuple[str, str, Result]] = []
+        self.formats: list[CallbackFormat] = []  # each notification's, in order
 
-    def notify(self, job_id: str, url: str, result: Result) -> None:
+    def notify(self, job_id: str, url: str, result: Result,
+               callback_format: CallbackFormat = CallbackFormat.NATIVE) -> None:
         self.sent.append((job_id, url, result))
+        self.formats.append(callback_format)
 
 
 async def until(condition: Callable[[], object], timeout: float = 2.0) -> None:

@@ -159,7 +159,7 @@ async def test_defaults_never_exceed_the_configured_maximum(aiohttp_client: Any)
     ("stack_limit", 64000, "not supported"),
     ("max_processes_and_or_threads", 60, "not supported"),
     ("max_file_size", 1024, "not supported"),
-    ("callback_url", "http://127.0.0.1:9/", "not supported on the Judge0 API"),
+    ("callback_url", "http://127.0.0.1:9/", "webhooks are off"),
     ("number_of_runs", 3, "only 1 is supported"),
     ("enable_network", True, "only false is supported"),
     ("redirect_stderr_to_stdout", True, "only false is supported"),

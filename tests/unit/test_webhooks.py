@@ -562,7 +562,8 @@ async def test_a_retry_waiting_at_stop_stays_pending_with_its_attempts() -> None
 
 
 class FailingStore(MemoryDeliveryStore):
-    async def add_delivery(self, job_id: str, url: str, body: bytes) -> int:
+    async def add_delivery(self, job_id: str, url: str, body: bytes,
+                           method: str = "POST") -> int:
         raise OSError("disk full")
 
 
