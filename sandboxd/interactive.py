@@ -34,17 +34,17 @@ The verdict, first row that applies (`decide_pair`):
 3. the solution broke a limit or failed (Time Limit / Memory Limit / Runtime Error):
    that verdict; except that a Runtime Error by exit code (not a signal) with an
    interactor that said Wrong Answer is Wrong Answer (the solution typically failed on
-   the closed pipe; which end the daemon saw first does not matter), and any Runtime
-   Error after the interactor had already ended with Wrong Answer or failed is that
-   Wrong Answer or an Internal Error;
+   the closed pipe; which end the daemon saw first does not matter), any Runtime
+   Error with an interactor that failed is an Internal Error (never a verdict against
+   the solution), and a crash by signal after the interactor had already ended with
+   Wrong Answer is Wrong Answer;
 4. the interactor failed: Internal Error;
 5. the interactor's exit code: Accepted or Wrong Answer.
 
 "Already ended" is the order in which the daemon saw the boxes end, best effort: a
 process's pipe ends close when it exits, before its box is torn down, so the other box
 can end (and be seen ending) first. Only a solution killed by a signal (other than
-SIGPIPE) or an interactor's failure depend on it; limits and an exit code with Wrong
-Answer never do.
+SIGPIPE) with an interactor's Wrong Answer depends on it.
 """
 
 from __future__ import annotations
@@ -122,6 +122,10 @@ def decide_pair(solution: Status, solution_signal: int | None, interactor: Inter
             # Answer: whichever end the daemon saw first, the answer was wrong.
             if solution_signal is None and interactor.status is Status.WRONG_ANSWER:
                 return Status.WRONG_ANSWER
+            # An interactor that failed: never a verdict against the solution, which
+            # may only have failed on the closed pipe.
+            if interactor.status is Status.INTERNAL_ERROR:
+                return Status.INTERNAL_ERROR
             # A crash after the interactor had ended (best effort, see above).
             if interactor_ended_first and interactor.status is not Status.ACCEPTED:
                 return interactor.status

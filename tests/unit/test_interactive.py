@@ -137,7 +137,8 @@ SIGPIPE = signal.SIGPIPE.value
     # ... except a failure on the closed pipe after the interactor had finished.
     (RE, None, WA, True, Status.WRONG_ANSWER),
     (RE, None, WA, False, Status.WRONG_ANSWER),  # the end order is no evidence here
-    (RE, None, FAILED, False, RE),
+    (RE, None, FAILED, False, Status.INTERNAL_ERROR),  # an interactor's failure: never RE
+    (RE, 11, FAILED, False, Status.INTERNAL_ERROR),
     (RE, 6, WA, True, Status.WRONG_ANSWER),  # abort() after the interactor's WA
     (RE, 6, WA, False, RE),  # a crash by signal, seen first: the solution's own
     (RE, None, FAILED, True, Status.INTERNAL_ERROR),
