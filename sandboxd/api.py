@@ -219,7 +219,7 @@ def decode_body(body: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError as e:
         raise ApiError(400, f"request body is not valid JSON: {e}") from None
     if not isinstance(data, dict):
-        raise ApiError(400, f"request body must be a JSON object, not {_json_type(data)}")
+        raise ApiError(400, f"request body must be a JSON object, not {json_type(data)}")
     return data
 
 
@@ -244,7 +244,7 @@ class SubmissionParser:
 
     def parse(self, data: Any) -> Submission:
         if not isinstance(data, dict):
-            raise FieldError(400, None, f"must be a JSON object, not {_json_type(data)}")
+            raise FieldError(400, None, f"must be a JSON object, not {json_type(data)}")
         _check_field_names(data)
         config = self._config
         language = self._language(data)
@@ -304,7 +304,7 @@ class SubmissionParser:
     def _files(self, data: dict[str, Any], language: str) -> tuple[ExtraFile, ...]:
         items = data.get("files", [])
         if not isinstance(items, list):
-            raise FieldError(400, "files", f"must be an array, not {_json_type(items)}")
+            raise FieldError(400, "files", f"must be an array, not {json_type(items)}")
         maximum = self._config.server.max_files
         if len(items) > maximum:
             raise FieldError(400, "files", f"{len(items)} files, allowed 0..{maximum} "
@@ -357,7 +357,7 @@ class SubmissionParser:
     def _checker(self, data: dict[str, Any]) -> str:
         checker = data.get("checker", DEFAULT_CHECKER)
         if not isinstance(checker, str):
-            raise FieldError(400, "checker", f"must be a string, not {_json_type(checker)}")
+            raise FieldError(400, "checker", f"must be a string, not {json_type(checker)}")
         if checker not in (*CHECKERS, CUSTOM_CHECKER):
             raise FieldError(400, "checker", f"unknown checker {checker[:40]!r}; known: "
                                              f"{', '.join((*CHECKERS, CUSTOM_CHECKER))}")
@@ -397,7 +397,7 @@ class SubmissionParser:
         epsilon = data.get("checker_epsilon", DEFAULT_CHECKER_EPSILON)
         if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
             raise FieldError(400, "checker_epsilon",
-                             f"must be a number, not {_json_type(epsilon)}")
+                             f"must be a number, not {json_type(epsilon)}")
         if not 0 <= epsilon <= MAX_CHECKER_EPSILON:
             raise FieldError(400, "checker_epsilon", f"{epsilon} is out of range: allowed "
                                                      f"0..{MAX_CHECKER_EPSILON}")
@@ -416,7 +416,7 @@ class SubmissionParser:
                 raise FieldError(400, single, "not allowed with tests (each test has its own)")
         items = data["tests"]
         if not isinstance(items, list):
-            raise FieldError(400, "tests", f"must be an array, not {_json_type(items)}")
+            raise FieldError(400, "tests", f"must be an array, not {json_type(items)}")
         config = self._config
         maximum = config.server.max_tests
         if not 1 <= len(items) <= maximum:
@@ -439,7 +439,7 @@ class SubmissionParser:
 
     def _test(self, item: Any, checker: str, wall_explicit: bool) -> JudgeCase:
         if not isinstance(item, dict):
-            raise FieldError(400, None, f"must be a JSON object, not {_json_type(item)}")
+            raise FieldError(400, None, f"must be a JSON object, not {json_type(item)}")
         unknown = sorted(set(item) - TEST_FIELDS)
         if unknown:
             raise FieldError(400, None, f"unknown field(s): {', '.join(n[:100] for n in unknown)}"
@@ -466,7 +466,7 @@ class SubmissionParser:
             raise FieldError(400, None, "missing required field(s): submissions")
         members = data["submissions"]
         if not isinstance(members, list):
-            raise FieldError(400, "submissions", f"must be an array, not {_json_type(members)}")
+            raise FieldError(400, "submissions", f"must be an array, not {json_type(members)}")
         maximum = self._config.server.max_batch
         if not 1 <= len(members) <= maximum:
             raise FieldError(400, "submissions", f"{len(members)} submissions, allowed "
@@ -498,7 +498,7 @@ class SubmissionParser:
             return None
         if not isinstance(url, str):
             raise FieldError(400, "callback_url", f"must be a string or null, not "
-                                                  f"{_json_type(url)}")
+                                                  f"{json_type(url)}")
         if len(url) > MAX_CALLBACK_URL_LENGTH:
             raise FieldError(400, "callback_url", f"{len(url)} characters, over the maximum "
                                                   f"of {MAX_CALLBACK_URL_LENGTH}")
@@ -517,7 +517,7 @@ class SubmissionParser:
 
 def _extra_file(item: Any) -> ExtraFile:
     if not isinstance(item, dict):
-        raise FieldError(400, None, f"must be a JSON object, not {_json_type(item)}")
+        raise FieldError(400, None, f"must be a JSON object, not {json_type(item)}")
     unknown = sorted(set(item) - FILE_FIELDS)
     if unknown:
         raise FieldError(400, None, f"unknown field(s): {', '.join(n[:100] for n in unknown)}"
@@ -547,13 +547,13 @@ def _arguments(data: dict[str, Any], name: str) -> tuple[str, ...]:
     items = data.get(name, [])
     if not isinstance(items, list):
         raise FieldError(400, name, f"must be an array of strings (argv items), not "
-                                    f"{_json_type(items)}")
+                                    f"{json_type(items)}")
     if len(items) > MAX_ARGUMENTS:
         raise FieldError(400, name, f"{len(items)} items, allowed 0..{MAX_ARGUMENTS}")
     for index, item in enumerate(items):
         if not isinstance(item, str):
             raise FieldError(400, f"{name}[{index}]", f"must be a string, not "
-                                                      f"{_json_type(item)}")
+                                                      f"{json_type(item)}")
         if len(item) > MAX_ARGUMENT_LENGTH:
             raise FieldError(400, f"{name}[{index}]", f"{len(item)} characters, over the "
                                                       f"maximum of {MAX_ARGUMENT_LENGTH}")
@@ -575,7 +575,7 @@ def _expected_output(data: dict[str, Any], checker: str, output_limit: int) -> s
     expected = data.get("expected_output")
     if expected is not None and not isinstance(expected, str):
         raise FieldError(400, "expected_output",
-                         f"must be a string or null, not {_json_type(expected)}")
+                         f"must be a string or null, not {json_type(expected)}")
     if expected is not None:
         _check_expected_output("expected_output", expected, checker, output_limit)
     return expected
@@ -607,14 +607,14 @@ def _check_field_names(data: dict[str, Any]) -> None:
 def _string(data: dict[str, Any], name: str, default: str | None = None) -> str:
     value = data.get(name, default)
     if not isinstance(value, str):
-        raise FieldError(400, name, f"must be a string, not {_json_type(value)}")
+        raise FieldError(400, name, f"must be a string, not {json_type(value)}")
     return value
 
 
 def _boolean(data: dict[str, Any], name: str, default: bool) -> bool:
     value = data.get(name, default)
     if not isinstance(value, bool):
-        raise FieldError(400, name, f"must be true or false, not {_json_type(value)}")
+        raise FieldError(400, name, f"must be true or false, not {json_type(value)}")
     return value
 
 
@@ -624,14 +624,14 @@ def _limit(data: dict[str, Any], name: str, bound: Bound, default: int) -> int:
     value = data[name]
     # bool is a subclass of int in Python, but `true` is not a number of milliseconds.
     if isinstance(value, bool) or not isinstance(value, int):
-        raise FieldError(400, name, f"must be an integer, not {_json_type(value)}")
+        raise FieldError(400, name, f"must be an integer, not {json_type(value)}")
     if not bound.min <= value <= bound.max:
         raise FieldError(400, name, f"{value} is out of range: allowed {bound.min}..{bound.max}"
                                     f" (limits.{name})")
     return value
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
     """The JSON name of a decoded value's type, for error messages."""
     if value is None:
         return "null"

@@ -47,6 +47,7 @@ from sandboxd.api import (
     SubmissionParser,
     decode_body,
     json_response,
+    json_type,
     refuse_all_callbacks,
 )
 from sandboxd.config import Bound, Config
@@ -378,24 +379,12 @@ def _flag(request: web.Request, name: str) -> bool:
     raise Judge0Error(400, name, f"must be true or false, not {value[:40]!r}")
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else "an object"
-
-
 def _number(data: dict[str, Any], name: str) -> float | None:
     value = data.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise field_error(name, f"must be a number, not {_json_type(value)}")
+        raise field_error(name, f"must be a number, not {json_type(value)}")
     return float(value)
 
 
@@ -404,7 +393,7 @@ def _text(data: dict[str, Any], name: str, encoded: bool) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise field_error(name, f"must be a string, not {_json_type(value)}")
+        raise field_error(name, f"must be a string, not {json_type(value)}")
     if not encoded:
         return value
     try:
@@ -423,7 +412,7 @@ def _words(data: dict[str, Any], name: str) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, str):
-        raise field_error(name, f"must be a string, not {_json_type(value)}")
+        raise field_error(name, f"must be a string, not {json_type(value)}")
     try:
         return shlex.split(value)
     except ValueError as e:
@@ -474,13 +463,13 @@ class Judge0Parser:
     def parse(self, data: Any, encoded: bool) -> Submission:
         if not isinstance(data, dict):
             raise Judge0Error(422, None, f"a submission must be a JSON object, not "
-                                         f"{_json_type(data)}")
+                                         f"{json_type(data)}")
         self._check_names(data)
         language_id = data.get("language_id")
         if language_id is None:
             raise field_error("language_id", "can't be blank")
         if isinstance(language_id, bool) or not isinstance(language_id, int):
-            raise field_error("language_id", f"must be an integer, not {_json_type(language_id)}")
+            raise field_error("language_id", f"must be an integer, not {json_type(language_id)}")
         language = self._languages.language_of(language_id)
         if language is None:
             raise field_error("language_id", f"language with id {language_id} doesn't exist "
@@ -514,7 +503,7 @@ class Judge0Parser:
         if archive is not None:
             if not isinstance(archive, str):
                 raise field_error("additional_files",
-                                  f"must be a string (a base64 zip), not {_json_type(archive)}")
+                                  f"must be a string (a base64 zip), not {json_type(archive)}")
             native["files"] = [
                 {"name": name, "content": base64.b64encode(content).decode("ascii"),
                  "encoding": "base64"}
