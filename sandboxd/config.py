@@ -75,6 +75,9 @@ class SandboxConfig:
     cgroup_root: str | None = None
     # Each box slot runs as its own host uid/gid: uid_base + slot.
     uid_base: int = 60_000
+    # Boxes built ahead per worker slot, for the rootfs its last jobs used (namespaces,
+    # mounts, pivot_root, loopback done; single use, never reused); 0: built per job.
+    warm_boxes: int = 1
     state_dir: str = "/run/sandboxd"
     rootfs_dir: str = str(PROJECT_DIR / "rootfs")
 
@@ -319,6 +322,9 @@ def validate(config: Config) -> None:
         raise ConfigError("sandbox.cgroup_version: expected auto, v1 or v2")
     if config.sandbox.cpu_share <= 0:
         raise ConfigError("sandbox.cpu_share: must be positive")
+    if not 0 <= config.sandbox.warm_boxes <= 8:
+        raise ConfigError(f"sandbox.warm_boxes: must be 0 to 8, not "
+                          f"{config.sandbox.warm_boxes}")
     validate_queue(config.queue)
     if config.server.workers < 0 or config.server.queue_size < 1:
         raise ConfigError("server.workers must be >= 0 and server.queue_size >= 1")

@@ -94,7 +94,7 @@ def make_sandbox(config: Config) -> Sandbox:
     sb = config.sandbox
     return Sandbox(state_dir=sb.state_dir, slots=config.server.worker_count,
                    uid_base=sb.uid_base, cgroup_version=sb.cgroup_version,
-                   cgroup_root=sb.cgroup_root)
+                   cgroup_root=sb.cgroup_root, warm_boxes=sb.warm_boxes)
 
 
 async def probe_versions(runner: Runner, registry: languages_mod.Registry) -> None:

@@ -45,6 +45,13 @@ MOUNT_ATTR_NOEXEC = 0x8
 AT_RECURSIVE = 0x8000
 AT_FDCWD = -100
 _SYS_mount_setattr = 442
+_SYS_open_tree = 428
+_SYS_move_mount = 429
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+AT_EMPTY_PATH = 0x1000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MSG_CMSG_CLOEXEC = 0x40000000
 
 # <linux/prctl.h> / <linux/seccomp.h>
 PR_SET_SECCOMP = 22
@@ -111,6 +118,32 @@ def mount_setattr_recursive(path: str, attr_set: int) -> None:
         ctypes.c_uint(AT_RECURSIVE), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
     )
     _check(ret, f"mount_setattr {path}")
+
+
+def detached_bind(path: str, attr_set: int) -> int:
+    """A detached clone of the mount tree at `path` (open_tree(2) OPEN_TREE_CLONE, like a
+    recursive bind not yet mounted anywhere) with `attr_set` on every mount of it: a
+    descriptor another mount namespace can attach with `move_mount_detached`."""
+    fd = _check(_libc.syscall(
+        ctypes.c_long(_SYS_open_tree), ctypes.c_int(AT_FDCWD), path.encode(),
+        ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE)), f"open_tree {path}")
+    attr = _MountAttr(attr_set, 0, 0, 0)
+    ret = _libc.syscall(
+        ctypes.c_long(_SYS_mount_setattr), ctypes.c_int(fd), b"",
+        ctypes.c_uint(AT_EMPTY_PATH | AT_RECURSIVE), ctypes.byref(attr),
+        ctypes.c_size_t(ctypes.sizeof(attr)))
+    if ret < 0:
+        err = ctypes.get_errno()
+        os.close(fd)
+        raise OSError(err, f"mount_setattr {path}: {os.strerror(err)}")
+    return int(fd)
+
+
+def move_mount_detached(tree: int, target: str) -> None:
+    """Attach a detached mount tree (from `detached_bind`) at `target`."""
+    _check(_libc.syscall(
+        ctypes.c_long(_SYS_move_mount), ctypes.c_int(tree), b"", ctypes.c_int(AT_FDCWD),
+        target.encode(), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)), f"move_mount {target}")
 
 
 class _SockFprog(ctypes.Structure):

@@ -142,6 +142,12 @@ class Cgroup(ABC):
         follows the counter. tests/integration/test_cgroup_usage.py."""
 
     @abstractmethod
+    def set_limits(self, limits: CgroupLimits) -> None:
+        """The program's memory limit, the box's process count and CPU share: written
+        when the box is created and again when a warm box is taken for a job (memory
+        only ever raised then: a warm box waits under the setup's headroom)."""
+
+    @abstractmethod
     def cpu_ns(self) -> int: ...
 
     def program_pids(self) -> list[int]:
@@ -163,7 +169,7 @@ class Cgroup(ABC):
         """Kill every process in the box; a process forking meanwhile cannot escape."""
 
     @abstractmethod
-    def remove(self) -> None:
+    def remove(self, timeout: float = 2.0) -> None:
         """Remove the (empty) cgroup; raises JailError if it stays busy."""
 
 
@@ -296,6 +302,12 @@ class V2Cgroup(Cgroup):
                 str(peak if peak.exists() else self.program / "memory.current"),
                 str(self.program / "memory.max"), str(self.program / "memory.max"))
 
+    def set_limits(self, limits: CgroupLimits) -> None:
+        _write(self.path / "pids.max", str(limits.processes))
+        quota = max(1000, int(limits.cpu_share * CPU_PERIOD_US))
+        _write(self.path / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+        _write(self.program / "memory.max", str(limits.memory_bytes))
+
     def cpu_ns(self) -> int:
         return parse_cpu_usage_ns(_read(self.path / "cpu.stat"))
 
@@ -328,9 +340,9 @@ class V2Cgroup(Cgroup):
         else:
             _freeze_kill_thaw(self.path / "cgroup.freeze", "1", "0", self.pids)
 
-    def remove(self) -> None:
+    def remove(self, timeout: float = 2.0) -> None:
         for path in (self.program, self.keeper, self.path):
-            _rmdir_retry(path)
+            _rmdir_retry(path, timeout)
 
 
 class V2Backend(CgroupBackend):
@@ -425,17 +437,14 @@ class V2Backend(CgroupBackend):
         try:
             cgroup.path.mkdir()
             made.append(cgroup.path)
-            _write(cgroup.path / "pids.max", str(limits.processes))
-            quota = max(1000, int(limits.cpu_share * CPU_PERIOD_US))
-            _write(cgroup.path / "cpu.max", f"{quota} {CPU_PERIOD_US}")
             _write(cgroup.path / "cgroup.subtree_control", "+memory")
-            for leaf, memory in ((cgroup.keeper, KEEPER_MEMORY_BYTES),
-                                 (cgroup.program, limits.memory_bytes)):
+            for leaf in (cgroup.keeper, cgroup.program):
                 leaf.mkdir()
                 made.append(leaf)
-                _write(leaf / "memory.max", str(memory))
                 if (leaf / "memory.swap.max").exists():
                     _write(leaf / "memory.swap.max", "0")
+            _write(cgroup.keeper / "memory.max", str(KEEPER_MEMORY_BYTES))
+            cgroup.set_limits(limits)
         except OSError:
             for path in reversed(made):
                 os.rmdir(path)
@@ -477,6 +486,23 @@ def _distinct(paths: Iterable[Path]) -> tuple[Path, ...]:
     return tuple(dict.fromkeys(paths))
 
 
+def _set_v1_memory(leaf: Path, memory: int) -> None:
+    """memsw = memory + swap; equal to the memory limit: no swap at all. v1 refuses a
+    memory limit above memsw (EINVAL): raising, memsw goes first."""
+    memsw = leaf / "memory.memsw.limit_in_bytes"
+    if not memsw.exists():
+        _write(leaf / "memory.limit_in_bytes", str(memory))
+        return
+    try:
+        _write(leaf / "memory.limit_in_bytes", str(memory))
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        _write(memsw, str(memory))
+        _write(leaf / "memory.limit_in_bytes", str(memory))
+    _write(memsw, str(memory))
+
+
 class V1Cgroup(Cgroup):
     def __init__(self, dirs: dict[str, Path]) -> None:
         """`dirs`: controller -> directory; co-mounted controllers share one."""
@@ -503,6 +529,13 @@ class V1Cgroup(Cgroup):
         return (str(self.dirs["cpuacct"] / "cpuacct.usage"),
                 str(self.program / "memory.max_usage_in_bytes"),
                 str(limit), str(memsw if memsw.exists() else limit))
+
+    def set_limits(self, limits: CgroupLimits) -> None:
+        _set_v1_memory(self.program, limits.memory_bytes)
+        _write(self.dirs["pids"] / "pids.max", str(limits.processes))
+        cpu = self.dirs["cpu"]
+        _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+        _write(cpu / "cpu.cfs_quota_us", str(max(1000, int(limits.cpu_share * CPU_PERIOD_US))))
 
     def cpu_ns(self) -> int:
         return parse_cpu_usage_ns(_read(self.dirs["cpuacct"] / "cpuacct.usage"))
@@ -538,9 +571,9 @@ class V1Cgroup(Cgroup):
             _freeze_kill_thaw(self.dirs["freezer"] / "freezer.state", "FROZEN", "THAWED",
                               self.pids)
 
-    def remove(self) -> None:
+    def remove(self, timeout: float = 2.0) -> None:
         for path in (self.program, self.keeper, *self.distinct_dirs):
-            _rmdir_retry(path)
+            _rmdir_retry(path, timeout)
 
 
 class V1Backend(CgroupBackend):
@@ -588,18 +621,11 @@ class V1Backend(CgroupBackend):
             for path in cgroup.distinct_dirs:
                 path.mkdir()
                 made.append(path)
-            for leaf, memory in ((cgroup.keeper, KEEPER_MEMORY_BYTES),
-                                 (cgroup.program, limits.memory_bytes)):
+            for leaf in (cgroup.keeper, cgroup.program):
                 leaf.mkdir()
                 made.append(leaf)
-                _write(leaf / "memory.limit_in_bytes", str(memory))
-                if (leaf / "memory.memsw.limit_in_bytes").exists():
-                    # memsw = memory + swap; equal to the memory limit: no swap at all.
-                    _write(leaf / "memory.memsw.limit_in_bytes", str(memory))
-            _write(cgroup.dirs["pids"] / "pids.max", str(limits.processes))
-            cpu = cgroup.dirs["cpu"]
-            _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
-            _write(cpu / "cpu.cfs_quota_us", str(max(1000, int(limits.cpu_share * CPU_PERIOD_US))))
+            _set_v1_memory(cgroup.keeper, KEEPER_MEMORY_BYTES)
+            cgroup.set_limits(limits)
         except OSError:
             for path in reversed(made):
                 os.rmdir(path)

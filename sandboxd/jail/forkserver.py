@@ -8,11 +8,11 @@ kernel-facing packages it uses), and never starts a thread, so fork() here is
 both cheap and safe.
 
 It serves one request at a time on a SOCK_SEQPACKET socket (see protocol.py):
-SPAWN carries the spec as JSON and the box's stdin/stdout/stderr/report
-descriptors as SCM_RIGHTS; the reply is the pid of the box's first process,
-sent right after the fork. It never waits for a box: a box's request for its id
-maps (userns.py) is one more descriptor in its poll loop, answered when it comes,
-so any number of boxes go through their setup at once.
+SPAWN carries the box's shape (BoxShape: its rootfs, not its job) as JSON and
+the box's report, take and cgroup descriptors as SCM_RIGHTS; the reply is the pid
+of the box's first process, sent right after the fork. It never waits for a box:
+a box's request for its id maps (userns.py) is one more descriptor in its poll
+loop, answered when it comes, so any number of boxes go through their setup at once.
 It reaps every box process it forked; results travel on each box's report
 pipe straight to the supervisor, never through here.
 """
@@ -31,30 +31,16 @@ from pathlib import Path
 
 import prctl
 
-from . import mounts, protocol, seccomp, stage, userns
-from .spec import JailSpec, SeccompProfile
-
-FILTER_CACHE_SIZE = 32
+from . import mounts, protocol, stage, userns
+from .spec import BoxShape
 
 
 class ForkServer:
     def __init__(self, sock: socket.socket, root_dir: str) -> None:
         self.sock = sock
         self.root_dir = root_dir
-        self.filters: dict[tuple[SeccompProfile, int], bytes] = {}
         # Boxes forked and not yet given their id maps: (sync socket, D's pid, ids).
         self.usermaps: list[tuple[socket.socket, int, userns.SlotIds]] = []
-
-    def bpf_for(self, profile: SeccompProfile, allocation_limit: int) -> bytes:
-        """Compiled once per (profile, memory limit): judges use a handful of limits."""
-        key = (profile, allocation_limit)
-        bpf = self.filters.pop(key, None)
-        if bpf is None:
-            bpf = seccomp.compile_profile(profile, allocation_limit)
-            while len(self.filters) >= FILTER_CACHE_SIZE:
-                del self.filters[next(iter(self.filters))]  # least recently used
-        self.filters[key] = bpf
-        return bpf
 
     def serve(self) -> None:
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -76,8 +62,11 @@ class ForkServer:
                     self.answer_usermap(fd)
 
     def answer_spawn(self, poller: select.poll) -> bool:
-        msg, fds, _flags, _addr = socket.recv_fds(self.sock, protocol.MAX_MESSAGE,
-                                                     protocol.SPAWN_FDS)
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(self.sock, protocol.MAX_MESSAGE,
+                                                         protocol.SPAWN_FDS)
+        except ConnectionResetError:
+            return False  # the daemon closed its end with our last reply unread
         if not msg:
             return False
         try:
@@ -119,16 +108,15 @@ class ForkServer:
         comes back on its sync socket, answered by `answer_usermap` when it arrives."""
         if len(fds) != protocol.SPAWN_FDS:
             raise ValueError(f"SPAWN needs {protocol.SPAWN_FDS} descriptors, got {len(fds)}")
-        spec = JailSpec.from_wire(request["spec"])
-        plan = mounts.plan(spec, self.root_dir)
-        bpf = self.bpf_for(spec.seccomp, spec.limits.memory_bytes)
+        shape = BoxShape.from_wire(request["shape"])
+        plan = mounts.plan(shape, self.root_dir)
         ids = userns.SlotIds(**request["ids"])
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         me = os.getpid()
         pid = os.fork()
         if pid == 0:
             parent_end.close()  # (other boxes' sync sockets: closed by D's stdio step)
-            stage.run_box(spec, plan, bpf, request["procs_files"], fds, child_end.fileno(), me,
+            stage.run_box(shape, plan, request["procs_files"], fds, child_end.fileno(), me,
                           ids.keeper)
         child_end.close()
         self.usermaps.append((parent_end, pid, ids))
@@ -173,9 +161,7 @@ def main() -> None:
     prctl.set_name("sandboxd-fork")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C goes to the daemon, which stops us
     sock = socket.socket(fileno=sock_fd)
-    # Warm up: compile the default filter and import everything before the first box.
     server = ForkServer(sock, root_dir)
-    server.bpf_for(SeccompProfile(), 256 << 20)
     # Everything imported so far is never scanned by the collector again: a collection
     # in a forked box process then touches (and so copies) none of these pages.
     gc.freeze()

@@ -9,7 +9,8 @@ the box's PID 1, inside the new user + mount namespaces, and ends with
     /etc         synthesized passwd, group, hosts, hostname (+ listed host files)
     /proc        a fresh proc of the box's own PID namespace
     /dev         null zero full random urandom (binds of the host nodes), fd links, shm
-    /box /tmp /dev/shm   writable binds of the size-capped workspace tmpfs
+    /box /tmp /dev/shm   the size-capped workspace tmpfs: empty mount points here,
+                 attached when the box is taken (`attach`, see BoxShape.late)
 
 Nothing else of the host (/root, /home, /work, /var, /sys, host /proc) is reachable:
 the old root is detached after pivot_root.
@@ -22,7 +23,7 @@ import stat
 from typing import NamedTuple
 
 from . import _libc as L
-from .spec import BOX_HOSTNAME, BOX_UID, JailSpec
+from .spec import BOX_HOSTNAME, BOX_UID, BoxShape
 
 DEVICES = ("null", "zero", "full", "random", "urandom")
 RO_FLAGS = L.MOUNT_ATTR_RDONLY | L.MOUNT_ATTR_NOSUID | L.MOUNT_ATTR_NODEV
@@ -50,7 +51,7 @@ def _etc_files() -> list[tuple[str, str]]:
     ]
 
 
-def plan(spec: JailSpec, root: str) -> list[Op]:
+def plan(spec: BoxShape, root: str) -> list[Op]:
     """Every step that builds the box's root under `root` (a mount point to cover)."""
     ops = [
         # Nothing we mount may propagate back to the host's mount namespace.
@@ -78,6 +79,12 @@ def plan(spec: JailSpec, root: str) -> list[Op]:
         parents(bind.target)
         ops.append(Op("bind", bind.source, root + bind.target, RW_FLAGS if bind.writable
                       else RO_FLAGS))
+    late_dev = [(t, d) for t, d in spec.late if t.startswith("/dev/")]
+    for target, is_dir in spec.late:
+        if (target, is_dir) not in late_dev:
+            parents(target)
+            ops.append(Op("mkdir", root + target, c=0o755) if is_dir
+                       else Op("touch", root + target))
     for path, content in _etc_files():
         parents(path)
         ops.append(Op("file", root + path, content, 0o644))
@@ -96,6 +103,9 @@ def plan(spec: JailSpec, root: str) -> list[Op]:
     for bind in dev_binds:
         ops.append(Op("bind", bind.source, root + bind.target,
                       RW_FLAGS if bind.writable else RO_FLAGS))
+    for target, is_dir in late_dev:
+        ops.append(Op("mkdir", root + target, c=0o755) if is_dir
+                   else Op("touch", root + target))
     ops.append(Op("remount_ro", root + "/dev", c=L.MS_NOSUID | L.MS_NOEXEC))
     ops.append(Op("pivot", root))
     ops.append(Op("remount_ro", "/", c=L.MS_NOSUID | L.MS_NODEV))
@@ -137,6 +147,12 @@ def _bind(op: Op) -> None:
     L.mount_setattr_recursive(op.b, op.c)
 
 
+def _touch(op: Op) -> None:
+    # A mount point for a file: an empty regular file.
+    if not os.path.lexists(op.a):
+        os.close(os.open(op.a, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+
+
 def _file(op: Op) -> None:
     fd = os.open(op.a, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, op.c)
     try:
@@ -164,8 +180,21 @@ def _pivot(op: Op) -> None:
 
 _OPS = {
     "private": _private, "tmpfs": _tmpfs, "mkdir": _mkdir, "symlink": _symlink,
-    "bind": _bind, "file": _file, "proc": _proc, "remount_ro": _remount_ro, "pivot": _pivot,
+    "bind": _bind, "touch": _touch, "file": _file, "proc": _proc,
+    "remount_ro": _remount_ro, "pivot": _pivot,
 }
+
+
+def attach(targets: list[str], trees: list[int]) -> None:
+    """After pivot_root, in the box's init: move each detached mount tree (open_tree
+    clones of the job's workspace mounts, made by the daemon with their final flags)
+    onto its mount point. Runs when the box is taken, so a warm box holds no job data."""
+    for target, tree in zip(targets, trees, strict=True):
+        try:
+            L.move_mount_detached(tree, target)
+        except OSError as e:
+            raise OSError(e.errno, f"attach {target}: {os.strerror(e.errno or 0)}") from None
+        os.close(tree)
 
 
 def execute(ops: list[Op]) -> None:

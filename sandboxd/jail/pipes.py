@@ -1,11 +1,9 @@
 """The descriptors of one box, parent side: sealed stdin, output pipes, report pipe.
 
     box fd   what                                  daemon keeps
-    0        stdin: a sealed memfd, read-only       nothing (the data lives in the memfd)
-    1, 2     stdout/stderr pipes, sized to hold     read ends (`OutputReader`)
-             the whole output cap
     3        report pipe (close-on-exec)            read end (`ReportReader`)
-    4        go pipe (close-on-exec)                write end
+    4        take socket (close-on-exec)            the other end: sends TAKE
+    (BoxFds, at SPAWN: 0-2 are /dev/null until the job comes)
     6        the box's CPU counter, read-only       nothing
     7        the program's memory peak,             its own copy (same open file: a v2
              read-write: restarted at execve        peak reset is per open file)
@@ -16,9 +14,14 @@
     (6-10 are close-on-exec and used by the box's init and the program before execve;
     see cgroup.py, accounting_files)
 
+    with TAKE (JobFds), the program's own, put on 0-2 by P:
+    0        stdin: a sealed memfd, read-only       nothing (the data lives in the memfd)
+    1, 2     stdout/stderr pipes, sized to hold     read ends (`OutputReader`)
+             the whole output cap
+
 A caller may pass descriptors of its own for the program's stdin and/or stdout
 (`stdin_fd`, `stdout_fd`: a pipe between two boxes, say) instead of the memfd and the
-captured pipe. BoxFds then owns them: they go to the box like the ends it made and are
+captured pipe. JobFds then owns them: they go to the box like the ends it made and are
 closed with them. Nothing reads a passed stdout, so the output cap does not apply to it
 (the box's other limits do); stderr is still captured with its cap.
 
@@ -37,6 +40,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import socket
 from collections.abc import Callable
 
 from . import protocol
@@ -84,13 +88,79 @@ def _ignore(_message: dict) -> None:
     pass
 
 
-class BoxFds:
-    """Every descriptor of one box, opened all-or-nothing (see module docstring)."""
+class _Owned:
+    """Descriptors opened all-or-nothing, each closed exactly once."""
 
-    def __init__(self, stdin: bytes, output_cap: int, merge_stderr: bool,
-                 accounting: tuple[str, str, str, str], program_procs: str, *,
-                 stdin_fd: int | None = None, stdout_fd: int | None = None) -> None:
+    def __init__(self) -> None:
         self._opened: list[int] = []
+
+    def _keep(self, fd: int) -> int:
+        self._opened.append(fd)
+        return fd
+
+    def _keep_pair(self, pair: tuple[int, int]) -> tuple[int, int]:
+        self._opened.extend(pair)
+        return pair
+
+    def close_all(self) -> None:
+        for fd in list(self._opened):
+            self.close(fd)
+
+    def close(self, fd: int) -> None:
+        if fd in self._opened:
+            self._opened.remove(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def release(self, fd: int) -> None:
+        """`fd` is now owned (and closed) by a reader."""
+        if fd in self._opened:
+            self._opened.remove(fd)
+
+
+class BoxFds(_Owned):
+    """The descriptors a box is spawned with (before it has a job): its report pipe,
+    its take socket and its cgroup files (see the module docstring)."""
+
+    def __init__(self, accounting: tuple[str, str, str, str], program_procs: str) -> None:
+        super().__init__()
+        try:
+            self.rep_r, self.rep_w = self._keep_pair(os.pipe2(os.O_CLOEXEC))
+            take, take_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            self.take = self._keep(take.detach())
+            self.take_child = self._keep(take_child.detach())
+            cpu, peak, limit, limit2 = accounting
+            self.cpu_usage = self._keep(os.open(cpu, os.O_RDONLY | os.O_CLOEXEC))
+            self.memory_peak = self._keep(os.open(peak, os.O_RDWR | os.O_CLOEXEC))
+            self.limits = [self._keep(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+                           for path in (limit, limit2)]
+            self.program_procs = self._keep(os.open(program_procs,
+                                                    os.O_WRONLY | os.O_CLOEXEC))
+        except BaseException:
+            self.close_all()
+            raise
+
+    @property
+    def child_ends(self) -> list[int]:
+        """In protocol.SPAWN_FDS order, as sent to the fork server."""
+        return [self.rep_w, self.take_child, self.cpu_usage, self.memory_peak, *self.limits,
+                self.program_procs]
+
+    def close_child_ends(self) -> None:
+        """The box has its copies now (or never will): ours go (the peak stays open)."""
+        for fd in set(self.child_ends) - {self.memory_peak}:
+            self.close(fd)
+
+    def read_peak(self) -> int:
+        return int(os.pread(self.memory_peak, 64, 0))
+
+
+class JobFds(_Owned):
+    """The program's stdin, stdout and stderr, sent to the box with its job (TAKE)."""
+
+    def __init__(self, stdin: bytes, output_cap: int, merge_stderr: bool, *,
+                 stdin_fd: int | None = None, stdout_fd: int | None = None) -> None:
+        super().__init__()
         # The caller's descriptors are ours from here on, whatever happens next.
         self.out_r: int | None = None
         if stdout_fd is not None:
@@ -109,55 +179,17 @@ class BoxFds:
                 self.err_w = self.out_w
             else:
                 self.err_r, self.err_w = self._keep_pair(output_pipe(output_cap))
-            self.rep_r, self.rep_w = self._keep_pair(os.pipe2(os.O_CLOEXEC))
-            self.go_r, self.go_w = self._keep_pair(os.pipe2(os.O_CLOEXEC))
-            cpu, peak, limit, limit2 = accounting
-            self.cpu_usage = self._keep(os.open(cpu, os.O_RDONLY | os.O_CLOEXEC))
-            self.memory_peak = self._keep(os.open(peak, os.O_RDWR | os.O_CLOEXEC))
-            self.limits = [self._keep(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
-                           for path in (limit, limit2)]
-            self.program_procs = self._keep(os.open(program_procs,
-                                                    os.O_WRONLY | os.O_CLOEXEC))
         except BaseException:
             self.close_all()
             raise
 
-    def _keep(self, fd: int) -> int:
-        self._opened.append(fd)
-        return fd
-
-    def _keep_pair(self, pair: tuple[int, int]) -> tuple[int, int]:
-        self._opened.extend(pair)
-        return pair
-
     @property
     def child_ends(self) -> list[int]:
-        """In protocol.FD_* order, as sent to the fork server."""
-        return [self.stdin, self.out_w, self.err_w, self.rep_w, self.go_r, self.cpu_usage,
-                self.memory_peak, *self.limits, self.program_procs]
+        return [self.stdin, self.out_w, self.err_w]
 
     def close_child_ends(self) -> None:
-        """The box has its copies now (or never will): ours go (the peak stays open)."""
-        for fd in set(self.child_ends) - {self.memory_peak}:
+        for fd in set(self.child_ends):
             self.close(fd)
-
-    def read_peak(self) -> int:
-        return int(os.pread(self.memory_peak, 64, 0))
-
-    def close_all(self) -> None:
-        for fd in list(self._opened):
-            self.close(fd)
-
-    def close(self, fd: int) -> None:
-        if fd in self._opened:
-            self._opened.remove(fd)
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-    def release(self, fd: int) -> None:
-        """`fd` is now owned (and closed) by a reader."""
-        if fd in self._opened:
-            self._opened.remove(fd)
 
 
 class OutputReader:
@@ -275,6 +307,11 @@ class ReportReader:
             except ValueError:
                 continue  # only our own code writes here; a torn line is ignored
             self.on_message(message)
+
+    def forget(self) -> None:
+        """Drop the lines read so far (a warm box's build, before its job came)."""
+        del self.buf[:self._parsed]
+        self._parsed = 0
 
     def close(self) -> None:
         if not self.done.done():

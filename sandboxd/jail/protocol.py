@@ -2,7 +2,7 @@
 
     supervisor (asyncio)        fork server (one thread)         box: D -> I (pid 1) -> P
     -----------------------------------------------------------------------------------
-    SPAWN {spec,...} + fds  -->
+    SPAWN {shape,...} + fds -->
                                 fork D ------------------------> join cgroup, setsid,
                             <-- SPAWNED {pid of D}               stdio, rlimits, keeper
                                 (serves other SPAWNs meanwhile)  id, unshare
@@ -10,13 +10,16 @@
                                 write uid/gid maps
                                 USERMAP_ACK ------------------->  fork I
                                                                  I: setsid, mounts,
-                                                                    pivot_root, lo up,
-                                                                    fork P (waits)
+                                                                    pivot_root, lo up
                         <------------------------------------- STARTED   (report pipe)
-    CPU counter (all asleep)
-    GO (go pipe) ----------------------------------------------> I releases P: program
-                                                                 cgroup, identity, caps,
-                                                                 nnp, seccomp, execve
+    (a warm box waits here, in the pool, for a job)
+    cgroup limits; CPU counter (all asleep)
+    TAKE {job} + stdio, mount trees (take socket) -------------> I: attach the mounts,
+                                                                 fork P, trace it,
+                                                                 release it: stdio,
+                                                                 rlimits, program cgroup,
+                                                                 identity, caps, nnp,
+                                                                 seccomp, execve
                         <------------------------------------- EXECED {P's pre-exec CPU}
                         <------------------------------------- REFUSED {bytes} (an over-
                                                                  limit allocation, if any)
@@ -42,11 +45,14 @@ from dataclasses import dataclass
 MAX_MESSAGE = 1 << 20
 USERMAP_PLS = b"U"
 USERMAP_ACK = b"A"
-GO = b"G"
-# Descriptor order of a SPAWN request (SCM_RIGHTS).
-# stdin, stdout, stderr, report, go; the box's CPU counter, the program's memory peak,
-# its two memory limit files (v1 memory + memsw, v2 memory.max twice), its cgroup.procs.
-SPAWN_FDS = 10
+GO = b"G"  # I to P: released (P's trace is set)
+# Descriptor order of a SPAWN request (SCM_RIGHTS): report, take socket; the box's CPU
+# counter, the program's memory peak, its two memory limit files (v1 memory + memsw,
+# v2 memory.max twice), its cgroup.procs.
+SPAWN_FDS = 7
+# A TAKE message: the job as JSON, with stdin, stdout, stderr and then one detached
+# mount tree per late mount point of the box's shape.
+TAKE_MAX_FDS = 3 + 16
 
 
 def encode(message: dict) -> bytes:

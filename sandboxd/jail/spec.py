@@ -7,6 +7,7 @@ environment, a mount plan and limits; an outcome is what the kernel measured.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -89,6 +90,57 @@ class JailSpec:
             slot=data["slot"],
             trace_steps=data.get("trace_steps", False),
         )
+
+
+@dataclass(frozen=True)
+class BoxShape:
+    """What a box is built with before it knows its job: the rootfs (read-only binds,
+    symlinks) and the mount points of the job's own mounts (`late`: the workspace's
+    /box, /tmp, /dev/shm), which are attached only when the box is taken.
+
+    Boxes of one shape and one slot are interchangeable: the warm pool's key.
+    """
+
+    binds: tuple[Bind, ...] = ()
+    symlinks: tuple[tuple[str, str], ...] = ()
+    late: tuple[tuple[str, bool], ...] = ()  # (mount point, is a directory)
+    trace_steps: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_wire(data: dict[str, Any]) -> BoxShape:
+        return BoxShape(
+            binds=tuple(Bind(**b) for b in data["binds"]),
+            symlinks=tuple((a, b) for a, b in data["symlinks"]),
+            late=tuple((t, bool(d)) for t, d in data["late"]),
+            trace_steps=data["trace_steps"],
+        )
+
+
+def split_binds(spec: JailSpec, late_root: str) -> tuple[BoxShape, tuple[Bind, ...]]:
+    """The spec's shape, and the binds attached at take time: those of a host path
+    below `late_root` (the daemon's workspaces) mounted where no other bind is above or
+    below them. Whether such a source is a directory is read here, on the host."""
+    prefix = late_root.rstrip("/") + "/"
+
+    def nested(a: str, b: str) -> bool:
+        return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
+
+    late: list[Bind] = []
+    early: list[Bind] = []
+    for bind in spec.binds:
+        others = [o.target for o in spec.binds if o is not bind]
+        if bind.source.startswith(prefix) and not any(nested(bind.target, t) for t in others):
+            late.append(bind)
+        else:
+            early.append(bind)
+    late.sort(key=lambda b: b.target)
+    points = tuple((b.target, os.path.isdir(b.source)) for b in late)
+    shape = BoxShape(binds=tuple(early), symlinks=spec.symlinks, late=points,
+                     trace_steps=spec.trace_steps)
+    return shape, tuple(late)
 
 
 class Termination(StrEnum):

@@ -18,14 +18,23 @@ which is uid/gid 0 inside; and the *program* id, uid/gid 1000 inside. The progra
 therefore shares neither uid nor session with D or I: it cannot signal, prlimit or
 renice them.
 
+A box is built in two phases. SPAWN builds it up to the moment it waits for its
+job: the fork server forks D with the box's shape (its rootfs: spec.BoxShape) and I
+ends its steps with STARTED, then blocks on the take socket. TAKE (from the
+supervisor, straight to I) brings the job: argv, environment, limits, the seccomp
+filter, the program's stdin/stdout/stderr and the workspace mounts as detached mount
+trees. A warm box (supervisor.py, the pool) has done the first phase ahead; a cold
+one is taken as soon as it says STARTED. Either way the box runs exactly one program.
+
 The order, and why:
 
 D — forked by the fork server, still host root in the host's namespaces
   pdeathsig     die if the fork server dies (armed again after `keeper`, below)
   cgroup        join the box cgroup first: everything after is accounted and killable
   session       setsid(): no controlling terminal, so no TIOCSTI into the daemon's tty
-  stdio         stdin/stdout/stderr onto 0-2, report pipe on 3, ...; every other fd closed
-  rlimits       backstops (CPU, FSIZE, NOFILE, STACK, CORE=0, SIGPENDING) while root
+  stdio         /dev/null onto 0-2, report pipe on 3, ...; every other fd closed
+  rlimits       CORE=0, SIGPENDING (charged to the keeper id) while root; the program's
+                own (CPU, FSIZE, NOFILE, STACK) are set by P
   groups        drop supplementary groups: impossible once we are not root
   keeper        become the slot's keeper id: the user namespace created next is owned
                 by it, so inotify instances, queued signals etc. are charged to it
@@ -43,6 +52,10 @@ I — PID 1, uid 0 inside (the keeper id), capabilities only inside the box
   limits        per-namespace caps on inotify instances and watches
   loopback      `lo` up in the new network namespace
   hostname      "sandbox"
+  take          STARTED to the supervisor (the box is ready: every box process asleep
+                from here, so the supervisor reads an exact CPU counter), then wait for
+                TAKE: the job, and its descriptors. I's own CPU time is counted from here
+  attach        the workspace's detached mount trees onto their mount points
   traceable     dumpable on for the fork: P inherits it, and only a dumpable P can be
                 traced (D's euid change had cleared it)
   fork          P, the program, which waits to be released. The program is never
@@ -50,10 +63,8 @@ I — PID 1, uid 0 inside (the keeper id), capabilities only inside the box
                 abort() would not die
   dumpable      off again: nothing in the box may read I's memory or descriptors via
                 /proc (P's own flag is reset by its identity change and its execve)
-  go            STARTED to the supervisor, which notes the CPU counter while every box
-                process sleeps, and answers GO; I then releases P
-  trace         PTRACE_SEIZE P with TRACEEXEC (before GO): the kernel stops P right
-                after its execve
+  trace         PTRACE_SEIZE P with TRACEEXEC (before its release): the kernel stops P
+                right after its execve; then I releases P
   exec          at that stop, P frozen before its first instruction, I reads P's CPU
                 clock, narrows the program's memory limit from the setup's headroom to
                 the limit, restarts its memory peak, detaches and reports EXECED: the
@@ -64,7 +75,10 @@ I — PID 1, uid 0 inside (the keeper id), capabilities only inside the box
                 stop signal), read the CPU counter, send EXITED, exit: the kernel then
                 kills whatever else is left in the PID namespace
 P — the program
-  release       wait for I's word (after GO)
+  release       wait for I's word (after the trace is set)
+  stdio         the job's stdin/stdout/stderr onto 0-2
+  rlimits       the job's backstops (CPU, FSIZE, NOFILE, STACK): lowered only, as root
+                of the box (the inherited hard limits are the fork server's)
   cgroup        into the program's memory cgroup (cgroup.py): from here on the memory
                 limit and the OOM killer see the program's processes only, never D or I
   signals       every signal to its default disposition, empty mask (whatever the
@@ -98,10 +112,10 @@ import prctl
 from . import _libc as L
 from . import mounts, netns, protocol
 from .cgroup import parse_cpu_usage_ns
-from .spec import BOX_HOSTNAME, BOX_UID, JailSpec
+from .spec import BOX_HOSTNAME, BOX_UID, BoxShape
 
 REPORT_FD = 3
-GO_FD = 4
+TAKE_FD = 4  # a SOCK_SEQPACKET socket: the supervisor's TAKE, with its descriptors
 SYNC_FD = 5
 # Cgroup files, opened by the supervisor (see cgroup.py, accounting_files):
 CPU_USAGE_FD = 6  # the box's CPU counter, read-only
@@ -184,26 +198,20 @@ def _join_cgroup(procs_files: list[str]) -> None:
 
 def _stdio(fds: list[int], sync: int) -> None:
     # Copy everything above the target range first, so no dup2 clobbers a source.
-    # Result: 0-2 stdio, 3 report, 4 go, 5 sync, 6-10 cgroup files; the rest closed.
-    stdin, stdout, stderr, report, go, *cgroup_files = fds
+    # Result: 0-2 /dev/null (the job's stdio comes with TAKE), 3 report, 4 take, 5 sync,
+    # 6-10 cgroup files; the rest closed.
+    report, take, *cgroup_files = fds
+    null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100)
-            for fd in (stdin, stdout, stderr, report, go, sync, *cgroup_files)]
+            for fd in (null, null, null, report, take, sync, *cgroup_files)]
     for target, fd in enumerate(high):
-        os.dup2(fd, target, inheritable=target <= 2)
+        os.dup2(fd, target, inheritable=False)
     os.closerange(LAST_FD + 1, 1 << 20)
 
 
-def _rlimits(spec: JailSpec) -> None:
-    lim = spec.limits
-    cpu_s = lim.cpu_ms // 1000 + 2  # backstop only: the watchdog kills at the exact limit
-    for res, value in (
-        (resource.RLIMIT_CPU, cpu_s),
-        (resource.RLIMIT_FSIZE, lim.file_size_bytes),
-        (resource.RLIMIT_NOFILE, lim.open_files),
-        (resource.RLIMIT_STACK, lim.stack_bytes or resource.RLIM_INFINITY),
-        (resource.RLIMIT_CORE, 0),
-        (resource.RLIMIT_SIGPENDING, SIGPENDING_LIMIT),
-    ):
+def _rlimits() -> None:
+    for res, value in ((resource.RLIMIT_CORE, 0),
+                       (resource.RLIMIT_SIGPENDING, SIGPENDING_LIMIT)):
         resource.setrlimit(res, (value, value))
 
 
@@ -219,11 +227,11 @@ def _usermap() -> None:
     os.close(SYNC_FD)
 
 
-def run_box(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, procs_files: list[str],
+def run_box(shape: BoxShape, plan: list[mounts.Op], procs_files: list[str],
             fds: list[int], sync: int, server_pid: int, keeper_id: int) -> NoReturn:
     """D: entered right after fork in the fork server's child. Never returns."""
     global _trace
-    if spec.trace_steps:
+    if shape.trace_steps:
         _trace = [("D forked", time.monotonic_ns())]
     # Any signal handler of the fork server must not run here.
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -231,7 +239,7 @@ def run_box(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, procs_files: list
     _step("cgroup", _join_cgroup, procs_files)
     _step("session", os.setsid)
     _step("stdio", _stdio, fds, sync)
-    _step("rlimits", _rlimits, spec)
+    _step("rlimits", _rlimits)
     _step("groups", os.setgroups, [])
     _step("keeper", _keeper, keeper_id)
     _step("pdeathsig", _pdeathsig, server_pid)
@@ -242,7 +250,7 @@ def run_box(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, procs_files: list
     init = _step("fork", os.fork)
     if init == 0:
         os.close(lifeline_w)
-        _init(spec, plan, bpf, lifeline_r)
+        _init(plan, lifeline_r)
     os.close(lifeline_r)
     if _trace is not None:
         _trace = []  # the entries so far are I's to send (it has a copy)
@@ -279,15 +287,20 @@ def _hostname() -> None:
     L.setdomainname("(none)")
 
 
-def _ready_set_go() -> None:
-    # Every box process sleeps now, so the supervisor reads an exact CPU counter.
+def _take() -> tuple[dict, list[int]]:
+    """STARTED, then wait for the job. Every box process sleeps from here until TAKE
+    arrives, so the supervisor reads an exact CPU counter before sending it."""
     started: dict = {"kind": "STARTED"}
     if _trace is not None:
         started["steps"] = _trace
     protocol.report(REPORT_FD, started)
-    if os.read(GO_FD, 1) != protocol.GO:
-        raise OSError(errno.ECANCELED, "supervisor did not let the program start")
-    os.close(GO_FD)
+    with socket.socket(fileno=TAKE_FD) as sock:
+        # Close-on-exec as they arrive: only P's dup2 onto 0-2 outlives its execve.
+        msg, fds, _flags, _addr = socket.recv_fds(sock, protocol.MAX_MESSAGE,
+                                                  protocol.TAKE_MAX_FDS, L.MSG_CMSG_CLOEXEC)
+    if not msg:
+        raise OSError(errno.ECANCELED, "the supervisor closed the box before taking it")
+    return protocol.decode(msg), fds
 
 
 def _process_cpu_clock(pid: int) -> int:
@@ -474,7 +487,7 @@ def _report_trace(*last: str) -> None:
         _trace = []
 
 
-def _init(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, lifeline: int) -> NoReturn:
+def _init(plan: list[mounts.Op], lifeline: int) -> NoReturn:
     global _process
     _process = "I"
     _step("pdeathsig", _init_pdeathsig, lifeline)
@@ -483,6 +496,14 @@ def _init(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, lifeline: int) -> N
     _step("limits", _inotify_limits)
     _step("loopback", netns.loopback_up)
     _step("hostname", _hostname)
+    job, fds = _step("take", _take)
+    init_cpu_start = time.clock_gettime_ns(time.CLOCK_PROCESS_CPUTIME_ID)
+    if _trace is not None:
+        del _trace[:-1]  # sent with STARTED, all but "I take" (TAKE received)
+    stdio, trees = fds[:3], fds[3:]
+    _step("attach", mounts.attach, job["late"], trees)
+    bpf = bytes.fromhex(job["bpf"])
+    memory_limit = job["limits"]["memory_bytes"]
     # P must be dumpable to be traced (ptrace(2), "Ptrace access mode checking"): D's
     # euid change left this mm non-dumpable, and P inherits the flag with the fork.
     # Nothing but I runs in the box yet; I turns it off right after the fork.
@@ -496,27 +517,23 @@ def _init(spec: JailSpec, plan: list[mounts.Op], bpf: bytes, lifeline: int) -> N
         os.close(exec_r)
         os.close(release_w)
         ours.close()
-        _program(spec, bpf, exec_w, theirs, release_r)
+        _program(job, stdio, bpf, exec_w, theirs, release_r)
     _step("dumpable", prctl.set_dumpable, False)
-    os.close(exec_w)
-    os.close(release_r)
+    for fd in (exec_w, release_r, *stdio):
+        os.close(fd)
     theirs.close()
     traced = _trace_exec(program)
-    _step("go", _ready_set_go)
-    if _trace is not None:
-        del _trace[:-1]  # sent with STARTED, all but "I go" (GO received)
-    init_cpu_start = time.clock_gettime_ns(time.CLOCK_PROCESS_CPUTIME_ID)
     os.write(release_w, protocol.GO)
     os.close(release_w)
     refusals = _Refusals(_receive_listener(ours))
     if traced:
         # P still writes its clock to the pipe before its execve: closed after the stop.
-        pre_exec_ns, ended = _stop_at_exec(program, spec.limits.memory_bytes)
+        pre_exec_ns, ended = _stop_at_exec(program, memory_limit)
         os.close(exec_r)
     else:
         pre_exec_ns, ended = _await_exec(exec_r, program), None
         if pre_exec_ns is not None:
-            _program_starts(pre_exec_ns, spec.limits.memory_bytes)
+            _program_starts(pre_exec_ns, memory_limit)
     started = time.monotonic_ns()
     if _trace is not None:
         _trace.append(("I exec stop" if traced else "I exec seen", started))
@@ -549,6 +566,24 @@ def _signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
+def _program_stdio(stdio: list[int]) -> None:
+    for target, fd in enumerate(stdio):
+        os.dup2(fd, target, inheritable=True)
+    for fd in set(stdio):
+        os.close(fd)
+
+
+def _program_rlimits(limits: dict) -> None:
+    cpu_s = limits["cpu_ms"] // 1000 + 2  # backstop only: the watchdog kills at the limit
+    for res, value in (
+        (resource.RLIMIT_CPU, cpu_s),
+        (resource.RLIMIT_FSIZE, limits["file_size_bytes"]),
+        (resource.RLIMIT_NOFILE, limits["open_files"]),
+        (resource.RLIMIT_STACK, limits["stack_bytes"] or resource.RLIM_INFINITY),
+    ):
+        resource.setrlimit(res, (value, value))
+
+
 def _data_limit(limit: int) -> None:
     if limit:
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
@@ -570,9 +605,9 @@ def _capabilities() -> None:
     prctl.cap_permitted.limit()
 
 
-def _execve(spec: JailSpec, exec_w: int) -> None:
-    env = dict(spec.env)
-    argv = list(spec.argv)
+def _execve(job: dict, exec_w: int) -> None:
+    env = dict(job["env"])
+    argv = list(job["argv"])
     # Last thing before execve: our own CPU time, so I can leave it out of the program's.
     os.write(exec_w, time.clock_gettime_ns(time.CLOCK_PROCESS_CPUTIME_ID).to_bytes(
         _NS_CLOCK_FMT, "little"))
@@ -592,22 +627,24 @@ def _released(release: int) -> None:
     os.close(release)
 
 
-def _program(spec: JailSpec, bpf: bytes, exec_w: int, to_init: socket.socket,
+def _program(job: dict, stdio: list[int], bpf: bytes, exec_w: int, to_init: socket.socket,
              release: int) -> NoReturn:
     global _process, _trace
     _process = "P"
     if _trace is not None:
         _trace = []  # D's and I's entries are theirs to send
     _step("release", _released, release)
+    _step("stdio", _program_stdio, stdio)
+    _step("rlimits", _program_rlimits, job["limits"])
     _step("cgroup", _join_program_cgroup)
     _step("signals", _signals)
-    _step("cwd", os.chdir, spec.cwd)
-    _step("data", _data_limit, spec.limits.data_bytes)
+    _step("cwd", os.chdir, job["cwd"])
+    _step("data", _data_limit, job["limits"]["data_bytes"])
     _step("bounding", _bounding_set)
     _step("identity", _identity)
     _step("capabilities", _capabilities)
     _step("no_new_privs", prctl.set_no_new_privs, True)
     _step("seccomp", _seccomp, bpf, to_init)
     _report_trace()
-    _step("execve", _execve, spec, exec_w)
+    _step("execve", _execve, job, exec_w)
     os._exit(SETUP_FAILED)

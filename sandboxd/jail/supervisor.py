@@ -43,11 +43,21 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from . import _libc, mounts, protocol, seccomp
 from . import cgroup as cg
-from . import protocol
 from .forkserver import ForkServerProcess
-from .pipes import BoxFds, OutputReader, ReportReader
-from .spec import BoxLimits, JailError, JailOutcome, JailSpec, Termination
+from .pipes import BoxFds, JobFds, OutputReader, ReportReader
+from .spec import (
+    Bind,
+    BoxLimits,
+    BoxShape,
+    JailError,
+    JailOutcome,
+    JailSpec,
+    SeccompProfile,
+    Termination,
+    split_binds,
+)
 from .userns import SlotIds
 from .workspace import Workspace, prepare_instance_dir, release_instance_dir
 
@@ -62,6 +72,9 @@ MAX_POLL_S = 0.25
 # Memory the box's own setup (D, I, and P before execve: forked Python processes) may
 # use on top of the program's limit; from the program's execve on, the limit is exact.
 SETUP_HEADROOM_BYTES = 64 << 20
+# A box's cgroup until it is taken: D and its init only (the program's cgroup is empty).
+SETUP_LIMITS = cg.CgroupLimits(SETUP_HEADROOM_BYTES, processes=4, cpu_share=1.0)
+FILTER_CACHE_SIZE = 32
 
 
 class _ForkServerClient:
@@ -94,9 +107,15 @@ class Sandbox:
     """Runs JailSpecs in fresh boxes. Create with `start()`; `close()` when done."""
 
     def __init__(self, *, state_dir: str, slots: int, uid_base: int = 60_000,
-                 cgroup_version: str = "auto", cgroup_root: str | None = None) -> None:
+                 cgroup_version: str = "auto", cgroup_root: str | None = None,
+                 warm_boxes: int = 1) -> None:
+        """`warm_boxes`: boxes kept built and waiting, per slot, for the shapes (rootfs)
+        that slot ran last; 0: every box is built when its job comes."""
         self.state_dir = Path(state_dir)
         self.slot_count = slots
+        self.warm_boxes = warm_boxes
+        self._pool = _WarmPool(warm_boxes)
+        self._filters: dict[tuple[SeccompProfile, int], bytes] = {}
         self.uid_base = uid_base
         self.cgroups = cg.detect(cgroup_version, cgroup_root)
         self._forkserver: ForkServerProcess | None = None
@@ -119,8 +138,10 @@ class Sandbox:
         root.mkdir(exist_ok=True)
         self._forkserver_root = str(root)
         self._forkserver = ForkServerProcess(self._forkserver_root)
+        self._bpf(SeccompProfile(), 256 << 20)  # compile once before the first box
 
     def close(self) -> None:
+        self._pool.discard_all()
         if self._forkserver is not None:
             self._forkserver.close()
             self._forkserver = None
@@ -153,6 +174,7 @@ class Sandbox:
         if loop is not self._loop:
             if self._forkserver is None:
                 raise JailError("sandbox not started")
+            self._pool.discard_all()  # warm boxes read their reports through the old loop
             self._loop = loop
             self._client = _ForkServerClient(self._forkserver)
             self._free_slots = asyncio.Queue()
@@ -169,6 +191,7 @@ class Sandbox:
             self._forkserver.close()
             self._forkserver = ForkServerProcess(self._forkserver_root)
             self._client = _ForkServerClient(self._forkserver)
+            self._pool.discard_all()  # they died with the old server
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[int]:
@@ -188,9 +211,74 @@ class Sandbox:
 
     # -- running a box ----------------------------------------------------------------
 
+    def _bpf(self, profile: SeccompProfile, allocation_limit: int) -> bytes:
+        """The seccomp filter, compiled once per (profile, memory limit): judges use a
+        handful of limits."""
+        key = (profile, allocation_limit)
+        bpf = self._filters.pop(key, None)
+        if bpf is None:
+            bpf = seccomp.compile_profile(profile, allocation_limit)
+            while len(self._filters) >= FILTER_CACHE_SIZE:
+                del self._filters[next(iter(self._filters))]  # least recently used
+        self._filters[key] = bpf
+        return bpf
+
+    async def _spawn(self, shape: BoxShape, slot: int,
+                     owner: set[_Box] | None = None) -> _Box:
+        """A new box, built up to the moment it waits for its job (see stage.py);
+        `owner`: the set that holds it while it is not a job's (the pool's)."""
+        self._ensure_forkserver()
+        assert self._client is not None
+        try:
+            cgroup = self.cgroups.create(SETUP_LIMITS)
+        except OSError as e:
+            raise JailError(f"cannot create the box cgroup: {e}") from None
+        box = _Box(cgroup, shape, slot, self._client)
+        if owner is not None:
+            owner.add(box)
+            box.owner = owner
+        try:
+            box.fds = BoxFds(cgroup.accounting_files, cgroup.program_procs_file)
+            box.report = ReportReader(box.fds.rep_r, box.on_setup_message)
+            box.fds.release(box.fds.rep_r)
+            ids = self.slot_ids(slot)
+            request = {"shape": shape.to_wire(), "procs_files": list(cgroup.procs_files),
+                       "ids": {"keeper": ids.keeper, "program": ids.program}}
+            await self._client.spawn(request, box.fds.child_ends)
+        except BaseException:
+            await box.discard()
+            raise
+        box.fds.close_child_ends()
+        return box
+
+    async def discard_warm_boxes(self) -> None:
+        """Tear down every warm box now (and the ones being built)."""
+        self._bind_loop()  # boxes of another (closed) loop go first, synchronously
+        await self._pool.discard()
+
+    def warm_box_names(self) -> set[str]:
+        """The cgroup names of the boxes the pool holds or is building (no job's)."""
+        return {box.cgroup.name for box in self._pool.owned}
+
+    async def prewarm(self, spec: JailSpec) -> None:
+        """Make sure a warm box for `spec` (its slot and shape) is waiting, and wait until
+        it is built. For a daemon's start and for `make bench`; `run` refills on its own."""
+        self._bind_loop()
+        shape, _late = split_binds(spec, str(self.workspace_dir))
+        box = self._pool.find(spec.slot, shape)
+        if box is None:
+            self._pool.refill(spec.slot, shape, self._spawn)
+            await self._pool.settled()
+            box = self._pool.find(spec.slot, shape)
+        if box is not None:
+            assert box.report is not None
+            await asyncio.wait([box.started, box.report.done], timeout=SETUP_TIMEOUT_S,
+                               return_when=asyncio.FIRST_COMPLETED)
+
     async def run(self, spec: JailSpec, *, stdin_fd: int | None = None,
                   stdout_fd: int | None = None) -> JailOutcome:
-        """Run `spec` in a fresh box. `stdin_fd`/`stdout_fd`: the program's stdin/stdout
+        """Run `spec` in a fresh box: a warm one of its slot and shape if the pool has
+        one, else one built now. `stdin_fd`/`stdout_fd`: the program's stdin/stdout
         instead of `spec.stdin` and the captured pipe; the run owns them (closes them
         whatever happens), and the outcome's stdout is empty for a passed stdout."""
         passed = [fd for fd in (stdin_fd, stdout_fd) if fd is not None]
@@ -198,24 +286,24 @@ class Sandbox:
         try:
             self._bind_loop()
             self._ensure_forkserver()
-            assert self._client is not None
-            lim = spec.limits
-            try:
-                box = self.cgroups.create(cg.CgroupLimits(
-                    lim.memory_bytes + SETUP_HEADROOM_BYTES, lim.processes, lim.cpu_share))
-            except OSError as e:
-                raise JailError(f"cannot create the box cgroup: {e}") from None
+            shape, late = split_binds(spec, str(self.workspace_dir))
+            bpf = self._bpf(spec.seccomp, spec.limits.memory_bytes)
+            box = self._pool.take(spec.slot, shape)
+            warm = box is not None
+            if box is None:
+                box = await self._spawn(shape, spec.slot)
         except BaseException:
             for fd in passed:
                 os.close(fd)
             raise
         if trace is not None:
-            trace.append(("S cgroup created", time.monotonic_ns()))
+            trace.append(("S warm box taken" if warm else "S box spawned", time.monotonic_ns()))
         try:
-            outcome = await _BoxRun(self._client, box, spec, self.slot_ids(spec.slot), trace,
+            outcome = await _BoxRun(box, spec, late, bpf, trace, warm=warm,
                                     stdin_fd=stdin_fd, stdout_fd=stdout_fd).run()
         finally:
-            await _destroy(box)
+            await box.discard()
+            self._pool.refill(spec.slot, shape, self._spawn)
         if trace is None:
             return outcome
         trace.append(("S cgroup removed", time.monotonic_ns()))
@@ -223,34 +311,200 @@ class Sandbox:
             trace + list(outcome.steps), key=lambda step: step[1])))
 
 
+class _Box:
+    """One box from the supervisor's side, from its SPAWN until it is gone: its cgroup,
+    its descriptors and its report reader. Warm once it said STARTED (it waits for
+    its job); taken by exactly one run, then destroyed."""
+
+    def __init__(self, cgroup: cg.Cgroup, shape: BoxShape, slot: int,
+                 client: _ForkServerClient) -> None:
+        self.cgroup = cgroup
+        self.shape = shape
+        self.slot = slot
+        self.client = client
+        self.fds: BoxFds | None = None
+        self.report: ReportReader | None = None
+        self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._discarded = False
+        self.owner: set[_Box] | None = None  # the pool's set while it is the pool's
+
+    def on_setup_message(self, message: dict) -> None:
+        if message.get("kind") == "STARTED" and not self.started.done():
+            self.started.set_result(None)
+
+    @property
+    def alive(self) -> bool:
+        return self.report is not None and not self.report.done.done()
+
+    def close_fds(self) -> None:
+        if self.report is not None:
+            with contextlib.suppress(RuntimeError):  # its loop is closed already
+                self.report.close()
+        if self.fds is not None:
+            self.fds.close_all()
+
+    def leave_owner(self) -> None:
+        if self.owner is not None:
+            self.owner.discard(self)
+            self.owner = None
+
+    async def discard(self) -> None:
+        """Close its descriptors (a box still in its setup then fails on its own), kill
+        whatever runs in it, remove its cgroup."""
+        if self._discarded:
+            return
+        self._discarded = True
+        self.close_fds()
+        try:
+            await _destroy(self.cgroup)
+        finally:
+            self.leave_owner()
+
+    def discard_now(self) -> None:
+        """`discard`, blocking: for a closing Sandbox or a loop that is gone."""
+        if self._discarded:
+            return
+        self._discarded = True
+        self.close_fds()
+        self.leave_owner()
+        try:
+            deadline = time.monotonic() + 5.0
+            while True:
+                self.cgroup.kill_all()
+                if not self.cgroup.pids() or time.monotonic() > deadline:
+                    break
+                time.sleep(0.002)
+            self.cgroup.remove()
+        except (OSError, JailError) as e:
+            log.warning("warm box %s: %s", self.cgroup.name, e)
+
+
+class _WarmPool:
+    """Boxes built ahead, per slot: at most `per_slot`, of the shapes the slot ran last
+    (a new shape evicts the oldest). Single-use: a box leaves the pool when a run takes
+    it, and `Sandbox.run` asks for its replacement when that run ends, so the refill is
+    built while nothing waits for it."""
+
+    def __init__(self, per_slot: int) -> None:
+        self.per_slot = per_slot
+        self.boxes: dict[int, list[_Box]] = {}
+        self.building: set[tuple[int, BoxShape]] = set()
+        self.tasks: set[asyncio.Task] = set()
+        self.owned: set[_Box] = set()  # every box of the pool's, built or being built
+
+    def find(self, slot: int, shape: BoxShape) -> _Box | None:
+        for box in self.boxes.get(slot, ()):
+            if box.shape == shape and box.alive:
+                return box
+        return None
+
+    def take(self, slot: int, shape: BoxShape) -> _Box | None:
+        """A warm box (or one still being built: it is further along than a new one)."""
+        box = self.find(slot, shape)
+        if box is not None:
+            self.boxes[slot].remove(box)
+            box.leave_owner()
+        return box
+
+    def refill(self, slot: int, shape: BoxShape, spawn) -> None:
+        if self.per_slot <= 0 or (slot, shape) in self.building or self.find(slot, shape):
+            return
+        self.building.add((slot, shape))
+        task = asyncio.get_running_loop().create_task(self._build(slot, shape, spawn))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _build(self, slot: int, shape: BoxShape, spawn) -> None:
+        try:
+            box = await spawn(shape, slot, self.owned)
+        except JailError as e:
+            log.warning("could not build a warm box: %s", e)
+            return
+        finally:
+            self.building.discard((slot, shape))
+        boxes = self.boxes.setdefault(slot, [])
+        boxes.append(box)
+        # A box that dies while it waits (its setup failed, the fork server died) leaves.
+        assert box.report is not None
+        box.report.done.add_done_callback(lambda _: self._died(box))
+        while len(boxes) > self.per_slot:
+            await boxes.pop(0).discard()
+
+    def _died(self, box: _Box) -> None:
+        boxes = self.boxes.get(box.slot, [])
+        if box in boxes:
+            boxes.remove(box)
+            task = asyncio.get_running_loop().create_task(box.discard())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def settled(self) -> None:
+        """Wait until every box being built was handed to the pool (or failed)."""
+        while self.building:
+            await asyncio.sleep(0.001)
+
+    async def discard(self) -> None:
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.building.clear()
+        self.boxes.clear()
+        for box in list(self.owned):
+            await box.discard()
+
+    def discard_all(self) -> None:
+        for task in self.tasks:
+            with contextlib.suppress(RuntimeError):  # a task of a loop that is closed
+                task.cancel()
+        self.tasks.clear()
+        self.building.clear()
+        self.boxes.clear()
+        for box in list(self.owned):
+            box.discard_now()
+
+
 async def _destroy(box: cg.Cgroup) -> None:
+    """Kill every process of the box and remove its cgroup. A box discarded before its
+    D joined the cgroup may join it meanwhile: it is killed on the next round."""
     deadline = time.monotonic() + 5.0
     while True:
         box.kill_all()
         if not box.pids():
-            break
-        if time.monotonic() > deadline:
+            try:
+                box.remove(timeout=0.05)
+                return
+            except JailError:
+                if time.monotonic() > deadline:
+                    raise
+        elif time.monotonic() > deadline:
             raise JailError(f"box {box.name}: processes survive SIGKILL")
         await asyncio.sleep(0.002)
-    box.remove()
 
 
 
 class _BoxRun:
     """One box from spawn to outcome: the protocol and the watchdog (pipes.py reads)."""
 
-    def __init__(self, client: _ForkServerClient, box: cg.Cgroup, spec: JailSpec,
-                 ids: SlotIds, trace: list[tuple[str, int]] | None = None, *,
+    def __init__(self, box: _Box, spec: JailSpec, late: tuple[Bind, ...], bpf: bytes,
+                 trace: list[tuple[str, int]] | None = None, *, warm: bool = False,
                  stdin_fd: int | None = None, stdout_fd: int | None = None) -> None:
         self.trace = trace  # the supervisor's own step trace (JailSpec.trace_steps)
-        self.client = client
-        self.stdin_fd = stdin_fd  # owned from here on: BoxFds closes them
+        self.client = box.client
+        self.stdin_fd = stdin_fd  # owned from here on: JobFds closes them
         self.stdout_fd = stdout_fd
-        self.box = box
+        self.owner = box
+        assert box.fds is not None and box.report is not None
+        self.fds = box.fds
+        self.report = box.report
+        self.box = box.cgroup
         self.spec = spec
+        self.late = late
+        self.bpf = bpf
+        self.warm = warm
         self.limits: BoxLimits = spec.limits
-        self.ids = ids
-        self.go_sent = False
+        self.taken = False
+        self.take_error: str | None = None  # the supervisor's side of TAKE failed
         self.cpu_at_go = 0  # the cgroup's CPU counter at STARTED, every box process asleep
         self.cpu_baseline_ns = 0  # ... plus P's own CPU before execve (EXECED)
         self.started_at: float | None = None  # monotonic time of EXECED
@@ -291,18 +545,40 @@ class _BoxRun:
         if not pids:
             self.kill()  # not in its cgroup yet: the whole box goes
 
+    def _take(self) -> None:
+        """Give the waiting box its job: limits on its cgroup, the CPU counter while every
+        box process sleeps, then TAKE with the program's descriptors and the workspace's
+        mount trees (made here: the daemon, not the box, resolves the host paths)."""
+        self.taken = True
+        lim = self.limits
+        trees: list[int] = []
+        try:
+            self.box.set_limits(cg.CgroupLimits(lim.memory_bytes + SETUP_HEADROOM_BYTES,
+                                                lim.processes, lim.cpu_share))
+            for bind in self.late:
+                trees.append(_libc.detached_bind(
+                    bind.source, mounts.RW_FLAGS if bind.writable else mounts.RO_FLAGS))
+            job = {"argv": list(self.spec.argv), "env": [list(e) for e in self.spec.env],
+                   "cwd": self.spec.cwd, "limits": dataclasses.asdict(lim),
+                   "late": [bind.target for bind in self.late], "bpf": self.bpf.hex()}
+            self.cpu_at_go = self.box.cpu_ns()
+            self._stamp("S counter read")
+            socket.send_fds(self._take_socket, [protocol.encode(job)],
+                            self.job_fds.child_ends + trees)
+        except OSError as e:
+            self.take_error = f"take: {e}"
+            self.kill()
+        finally:
+            for tree in trees:
+                os.close(tree)
+            self.job_fds.close_child_ends()
+            self._take_socket.close()
+
     def _on_message(self, message: dict) -> None:
         kind = message.get("kind")
-        if kind == "STARTED" and not self.go_sent:
+        if kind == "STARTED" and not self.taken:
             self._stamp("S STARTED read")
-            self.go_sent = True
-            try:
-                self.cpu_at_go = self.box.cpu_ns()
-                os.write(self.fds.go_w, protocol.GO)
-            except OSError:
-                self.kill()  # the box died meanwhile; its report says why
-            self.fds.close(self.fds.go_w)
-            self._stamp("S GO sent")
+            self._take()
         elif kind == "EXECED" and self.started_at is None:
             self._stamp("S EXECED read")
             self.started_at = time.monotonic()
@@ -319,9 +595,18 @@ class _BoxRun:
             self.end_program("output limit")
 
     async def run(self) -> JailOutcome:
-        self.fds = fds = BoxFds(self.spec.stdin, self.limits.output_bytes, self.spec.merge_stderr,
-                     self.box.accounting_files, self.box.program_procs_file,
-                     stdin_fd=self.stdin_fd, stdout_fd=self.stdout_fd)
+        # Owned by this run from here: closed once TAKE is sent, or with the run.
+        self._take_socket = socket.socket(fileno=self.fds.take)
+        self.fds.release(self.fds.take)
+        self._take_socket.setblocking(False)
+        try:
+            self.job_fds = fds = JobFds(self.spec.stdin, self.limits.output_bytes,
+                                        self.spec.merge_stderr, stdin_fd=self.stdin_fd,
+                                        stdout_fd=self.stdout_fd)
+        except BaseException:
+            self._take_socket.close()
+            self.kill()
+            raise
         kills = self.limits.output_overflow_kills
         try:
             self.stdout: OutputReader | None = None
@@ -334,20 +619,20 @@ class _BoxRun:
                 self.stderr = OutputReader(fds.err_r, self.limits.output_bytes, kills=kills,
                                            on_overflow=self._on_overflow)
                 fds.release(fds.err_r)
-            self.report = ReportReader(fds.rep_r, self._on_message)
-            fds.release(fds.rep_r)
-            request = {"spec": self.spec.to_wire(), "procs_files": list(self.box.procs_files),
-                       "ids": {"keeper": self.ids.keeper, "program": self.ids.program}}
-            self._stamp("S spawn sent")
-            await self.client.spawn(request, fds.child_ends)
-            self._stamp("S spawn reply")
+            if self.warm:
+                # Only this run's messages count: the warm-up's STARTED was long ago.
+                self.report.forget()
+            self.report.on_message = self._on_message
+            if self.owner.started.done() and not self.taken:
+                self._take()  # a warm box: the job goes at once
         except BaseException:
-            for reader in (getattr(self, n, None) for n in ("stdout", "stderr", "report")):
+            for reader in (self.stdout, self.stderr):
                 if reader is not None:
                     reader.close()
             fds.close_all()
+            self._take_socket.close()
+            self.kill()
             raise
-        fds.close_child_ends()
         try:
             await self._watch()
         except BaseException:
@@ -370,6 +655,7 @@ class _BoxRun:
             return self._outcome()
         finally:
             fds.close_all()
+            self._take_socket.close()
 
     async def _watch(self) -> None:
         """Wait for the report pipe's EOF (the box is gone), enforcing the limits."""
@@ -443,6 +729,8 @@ class _BoxRun:
 
     def _setup_error(self, report: protocol.Report, oom: bool) -> str | None:
         """Why the sandbox itself failed, or None when the program's fate is known."""
+        if self.take_error is not None:
+            return self.take_error
         if report.failed_step is not None:
             name = errno.errorcode.get(report.failed_errno, str(report.failed_errno))
             return f"{report.failed_step}: {report.failed_message} ({name})"

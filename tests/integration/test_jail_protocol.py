@@ -38,6 +38,7 @@ async def test_a_failing_mount_step_is_a_setup_error_naming_step_and_errno(sandb
     assert out.termination is Termination.SETUP_ERROR
     assert out.setup_error.startswith("mounts:"), out.setup_error
     assert "/nonexistent-sandboxd-path" in out.setup_error and "ENOENT" in out.setup_error
+    await sandbox.discard_warm_boxes()  # the pool's refill of that shape fails alike
     assert not [p for p in sandbox.cgroups.box_dirs() if p.name.startswith(f"box-{os.getpid()}-")]
 
 
@@ -191,21 +192,59 @@ async def test_rlimit_data_on_request_fails_brk_growth_too(sandbox, registry):
 
 # The named steps every traced box passes, in the order they must happen: the
 # supervisor (S), the box's first process (D), its init (I) and the program (P).
-TRACED_IN_ORDER = ("S cgroup created", "S spawn sent", "D forked", "D cgroup", "D unshare",
-                   "D usermap", "I mounts", "I loopback", "S STARTED read", "S GO sent",
-                   "P release", "P seccomp", "I exec stop", "I program ended",
-                   "D reaped I", "S box ended", "S killed", "S cgroup removed")
+BUILD_IN_ORDER = ("D forked", "D cgroup", "D unshare", "D usermap", "I mounts", "I loopback")
+TAKE_IN_ORDER = ("S counter read", "I take", "I attach", "P release", "P seccomp", "I exec stop",
+                 "I program ended", "D reaped I", "S box ended", "S killed", "S cgroup removed")
 
 
 async def test_a_traced_box_reports_its_steps_on_one_timeline(sandbox, registry):
+    await sandbox.discard_warm_boxes()  # a box built for this run: every step is seen
     out = await run_in_workspace(sandbox, registry, ["/bin/true"], trace_steps=True)
     assert out.termination is Termination.EXITED and out.exit_code == 0
     names = [name for name, _ in out.steps]
     times = [at for _, at in out.steps]
     assert times == sorted(times)
-    assert [n for n in names if n in TRACED_IN_ORDER] == list(TRACED_IN_ORDER)
+    expected = ("S run", *BUILD_IN_ORDER, "S STARTED read", *TAKE_IN_ORDER)
+    assert [n for n in names if n in expected] == list(expected)
     # Each process's entries travel once.
     assert len(names) == len(set(names)) + names.count("D pdeathsig") - 1
+
+
+async def test_a_warm_box_was_built_before_its_job_came(sandbox, registry):
+    """A pre-warmed box is taken with its namespaces, mounts and loopback done: the run's
+    trace holds the take and the program, none of the build."""
+    async with sandbox.slot() as slot:
+        ws = sandbox.workspace(slot, 64)
+        try:
+            spec = spec_for(sandbox, registry, ["/bin/sh", "-c", "cat /box/x; ls /tmp"],
+                            binds=ws.binds_for_next_step(), slot=slot, trace_steps=True)
+            await sandbox.prewarm(spec)
+            ws.write_file("x", b"job data\n")  # written after the box was built
+            out = await sandbox.run(spec)
+        finally:
+            ws.destroy()
+    assert out.termination is Termination.EXITED and out.exit_code == 0, out
+    assert out.stdout == b"job data\n"
+    names = [name for name, _ in out.steps]
+    assert names[:2] == ["S run", "S warm box taken"], names
+    assert [n for n in names if n in TAKE_IN_ORDER] == list(TAKE_IN_ORDER)
+    assert not set(BUILD_IN_ORDER) & set(names)
+
+
+async def test_each_run_gets_its_own_box_never_a_used_one(sandbox, registry):
+    """Single use: the second run's box is a new one (another init pid namespace, a fresh
+    /tmp), never the first run's box again, even with the pool on."""
+    seen = []
+    for _ in range(3):
+        out = await run_in_workspace(
+            sandbox, registry,
+            ["/bin/sh", "-c", "ls /tmp; touch /tmp/left; readlink /proc/self/ns/pid"])
+        assert out.termination is Termination.EXITED, out
+        listing, ns = out.stdout.decode().rsplit("\n", 2)[:2] if out.stdout.count(b"\n") > 1 \
+            else ("", out.stdout.decode().strip())
+        assert "left" not in listing
+        seen.append(ns)
+    assert len(set(seen)) == 3, seen
 
 
 async def test_an_untraced_box_reports_no_steps(sandbox, registry):
@@ -247,3 +286,30 @@ async def test_a_box_stuck_in_its_setup_does_not_hold_up_the_fork_server(sandbox
     state.write_text(thaw)
     out = await first
     assert out.termination is Termination.EXITED and out.exit_code == 0, out.setup_error
+
+
+async def test_closing_the_sandbox_tears_its_warm_boxes_down(registry):
+    """Warm boxes are the sandbox's: `close()` kills them and removes their cgroups."""
+    from sandboxd.jail.supervisor import Sandbox
+
+    own = Sandbox(state_dir="/run/sandboxd-test-close", slots=1)
+    own.start()
+    try:
+        async with own.slot() as slot:
+            ws = own.workspace(slot, 64)
+            try:
+                spec = spec_for(own, registry, ["/bin/true"], binds=ws.binds_for_next_step(),
+                                slot=slot)
+                await own.prewarm(spec)
+            finally:
+                ws.destroy()
+        names = own.warm_box_names()
+        assert len(names) == 1
+        assert {p.name for p in own.cgroups.box_dirs()} >= names
+        pids = [pid for name in names for pid in own.cgroups.open(name).pids()]
+        assert pids  # D and the init, waiting for a job
+    finally:
+        own.close()
+    assert not {p.name for p in own.cgroups.box_dirs()} & names
+    assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")
+                and open(f"/proc/{pid}/stat").read().split()[2] != "Z"]
