@@ -5,18 +5,19 @@ Four parts, each comparison measured in the same run with its variants interleav
 slows all of them alike:
 
 1. jail overhead: a static C `true` (compiled here with `gcc -static`) and
-   `python3 -c pass`, run directly, through `Sandbox.run` (a fresh box each run: the
-   fork server, 7 namespaces, mounts, cgroup, seccomp, watchdog, cleanup) and
-   through `bwrap --unshare-all` with the same binds (read-only /usr, /proc, /dev,
-   a tmpfs working directory);
+   `python3 -c pass`, run directly, through `Sandbox.run` with a warm box (built ahead
+   by the pool: the run is TAKE, the program's own setup, exec, wait, kill, cleanup)
+   and with a cold one (a box built for the run: the fork server, 7 namespaces, mounts,
+   cgroup, then the same), and through `bwrap --unshare-all` with the same binds
+   (read-only /usr, /proc, /dev, a tmpfs working directory);
 2. end to end: `POST /execute?wait=true` of a Python and a C hello world, one client,
    next to `python3 -c 'print(1)'` run directly;
 3. throughput: 1000 runs of a compiled C program through HTTP with 8 clients (one
    submission of a `tests` list each; the program compiles once, the compiled-artifact
    cache serves the rest), every result checked; the
    daemon's and the fork server's resident memory, idle and at their peak;
-4. where one box's time goes: `JailSpec.trace_steps` on traced runs, the median
-   duration of each named step (from the step before it on the box's timeline).
+4. where one box's time goes, warm and cold: `JailSpec.trace_steps` on traced runs,
+   the median duration of each named step (from the step before it on the timeline).
 
 Prints a table and writes bench/results.json (medians with p95; see BENCHMARKS.md).
 BENCH_N (runs per variant in parts 1, 2 and 4, default 100) and BENCH_RUNS (part 3,
@@ -125,22 +126,28 @@ def bwrap_argv(fs, bin_dir: Path, program: list[str]) -> list[str]:
 
 
 class Boxes:
-    """Sandbox.run with a fresh workspace per box, as the runner gives a submission."""
+    """Sandbox.run with a fresh workspace per box, as the runner gives a submission: on
+    a sandbox with a warm pool (each timed run takes a box the pool finished building
+    before the run began) and on one without (each run builds its box)."""
 
     def __init__(self, bin_dir: Path) -> None:
         self.fs = rootfs()
         self.bin_dir = bin_dir
-        self.sandbox = Sandbox(state_dir=STATE_DIR, slots=CLIENTS)
-        self.sandbox.start()
+        self.warm = Sandbox(state_dir=STATE_DIR, slots=CLIENTS, warm_boxes=1)
+        self.cold = Sandbox(state_dir=STATE_DIR + "-cold", slots=CLIENTS, warm_boxes=0)
+        self.warm.start()
+        self.cold.start()
 
     def close(self) -> None:
-        self.sandbox.close()
+        self.warm.close()
+        self.cold.close()
 
-    async def run(self, argv: list[str], *, trace: bool = False):
+    async def run(self, argv: list[str], *, warm: bool, trace: bool = False):
         """(ms of Sandbox.run, ms of the workspace's creation and removal, outcome)."""
-        async with self.sandbox.slot() as slot:
+        sandbox = self.warm if warm else self.cold
+        async with sandbox.slot() as slot:
             t0 = time.perf_counter()
-            ws = self.sandbox.workspace(slot, 64)
+            ws = sandbox.workspace(slot, 64)
             t1 = time.perf_counter()
             try:
                 spec = JailSpec(argv=tuple(argv), limits=LIMITS,
@@ -148,7 +155,10 @@ class Boxes:
                                        *ws.binds_for_next_step()),
                                 symlinks=self.fs.symlinks, env=(("PATH", "/usr/bin:/bin"),),
                                 slot=slot, trace_steps=trace)
-                outcome = await self.sandbox.run(spec)
+                if warm:
+                    await sandbox.prewarm(spec)  # not timed: built while nothing waited
+                t1 = time.perf_counter()
+                outcome = await sandbox.run(spec)
                 t2 = time.perf_counter()
             finally:
                 ws.destroy()
@@ -168,28 +178,34 @@ async def jail_overhead(boxes: Boxes, true_bin: Path) -> dict:
     bwrap = shutil.which("bwrap")
     out: dict = {}
     for name, argv in programs.items():
-        times: dict[str, list[float]] = {"direct": [], "sandboxd": [], "workspace": []}
+        times: dict[str, list[float]] = {"direct": [], "sandboxd warm": [],
+                                         "sandboxd cold": [], "workspace": []}
         if bwrap:
             times["bwrap"] = []
         bw = bwrap_argv(boxes.fs, true_bin.parent, argv) if bwrap else []
         for i in range(N + WARMUP):
             direct = timed_spawn(host_argv[name])
-            box_ms, ws_ms, _ = await boxes.run(argv)
+            warm_ms, ws_ms, _ = await boxes.run(argv, warm=True)
+            cold_ms, _, _ = await boxes.run(argv, warm=False)
             bw_ms = timed_spawn([bwrap, *bw[1:]]) if bwrap else None
             if i < WARMUP:
                 continue
             times["direct"].append(direct)
-            times["sandboxd"].append(box_ms)
+            times["sandboxd warm"].append(warm_ms)
+            times["sandboxd cold"].append(cold_ms)
             times["workspace"].append(ws_ms)
             if bw_ms is not None:
                 times["bwrap"].append(bw_ms)
         entry = {k: summary(v) for k, v in times.items()}
         d = entry["direct"]["median"]
-        entry["sandboxd_overhead_ms"] = round(entry["sandboxd"]["median"] - d, 2)
+        for kind in ("warm", "cold"):
+            entry[f"sandboxd_{kind}_overhead_ms"] = round(
+                entry[f"sandboxd {kind}"]["median"] - d, 2)
         if bwrap:
             entry["bwrap_overhead_ms"] = round(entry["bwrap"]["median"] - d, 2)
-            entry["sandboxd_over_bwrap"] = round(entry["sandboxd"]["median"]
-                                                 / entry["bwrap"]["median"], 2)
+            for kind in ("warm", "cold"):
+                entry[f"sandboxd_{kind}_over_bwrap"] = round(
+                    entry[f"sandboxd {kind}"]["median"] / entry["bwrap"]["median"], 2)
         out[name] = entry
     if not bwrap:
         out["note"] = "bwrap not installed: `make bench` installs bubblewrap"
@@ -199,12 +215,18 @@ async def jail_overhead(boxes: Boxes, true_bin: Path) -> dict:
 # ------------------------------------------------------------------------- part 4
 
 async def breakdown(boxes: Boxes) -> dict:
+    return {"warm": await breakdown_of(boxes, warm=True),
+            "cold": await breakdown_of(boxes, warm=False)}
+
+
+async def breakdown_of(boxes: Boxes, *, warm: bool) -> dict:
     """Median duration of each named step, from the step before it on the timeline."""
     durations: dict[str, list[float]] = {}
     order: dict[str, float] = {}
     totals, workspace = [], []
     for i in range(N + WARMUP):
-        box_ms, ws_ms, outcome = await boxes.run([f"{BIN_DIR_IN_BOX}/true"], trace=True)
+        box_ms, ws_ms, outcome = await boxes.run([f"{BIN_DIR_IN_BOX}/true"], warm=warm,
+                                                 trace=True)
         if i < WARMUP:
             continue
         totals.append(box_ms)
@@ -334,19 +356,24 @@ def print_report(results: dict) -> None:
 
     if "jail_overhead" in results:
         print("\n(1) jail overhead per run, ms (median / p95), interleaved")
-        print(f"{'program':18} {'direct':>13} {'sandboxd':>13} {'bwrap':>13} "
-              f"{'sbx-direct':>10} {'bwrap-direct':>12} {'sbx/bwrap':>9}")
+        print(f"{'program':16} {'direct':>12} {'sbx warm':>12} {'sbx cold':>12} "
+              f"{'bwrap':>12} {'warm-dir':>8} {'cold-dir':>8} {'bwrap-dir':>9} "
+              f"{'warm/bw':>7} {'cold/bw':>7}")
+        nan = float("nan")
         for name, e in results["jail_overhead"].items():
             if name == "note":
                 print("   ", e)
                 continue
             bw = e.get("bwrap")
-            print(f"{name:18} {ms(e['direct']):>6}/{ms(e['direct'], 'p95'):<6} "
-                  f"{ms(e['sandboxd']):>6}/{ms(e['sandboxd'], 'p95'):<6} "
-                  f"{(ms(bw) + '/' + ms(bw, 'p95')) if bw else '-':>13} "
-                  f"{e['sandboxd_overhead_ms']:>10.1f} "
-                  f"{e.get('bwrap_overhead_ms', float('nan')):>12.1f} "
-                  f"{e.get('sandboxd_over_bwrap', float('nan')):>9.2f}")
+            cells = [f"{ms(e[k])}/{ms(e[k], 'p95')}"
+                     for k in ("direct", "sandboxd warm", "sandboxd cold")]
+            print(f"{name:16} {cells[0]:>12} {cells[1]:>12} {cells[2]:>12} "
+                  f"{(ms(bw) + '/' + ms(bw, 'p95')) if bw else '-':>12} "
+                  f"{e['sandboxd_warm_overhead_ms']:>8.1f} "
+                  f"{e['sandboxd_cold_overhead_ms']:>8.1f} "
+                  f"{e.get('bwrap_overhead_ms', nan):>9.1f} "
+                  f"{e.get('sandboxd_warm_over_bwrap', nan):>7.2f} "
+                  f"{e.get('sandboxd_cold_over_bwrap', nan):>7.2f}")
         e = next(iter(v for k, v in results["jail_overhead"].items() if k != "note"))
         print(f"    + a fresh workspace per box (tmpfs mount + removal, outside "
               f"Sandbox.run): {ms(e['workspace'])} ms")
@@ -366,10 +393,10 @@ def print_report(results: dict) -> None:
             r = t[label]
             print(f"    {label:10} daemon {r['daemon_kb'] / 1024:.1f} MiB, "
                   f"fork server {r['fork_server_kb'] / 1024:.1f} MiB")
-    if "breakdown" in results:
-        b = results["breakdown"]
-        print(f"\n(4) one box's time, static C true, {b['runs']} traced runs: Sandbox.run "
-              f"median {ms(b['sandbox_run'])} ms; median ms per step (since the step before)")
+    for kind, b in results.get("breakdown", {}).items():
+        print(f"\n(4) one {kind} box's time, static C true, {b['runs']} traced runs: "
+              f"Sandbox.run median {ms(b['sandbox_run'])} ms; median ms per step (since "
+              f"the step before)")
         for s in b["steps"]:
             print(f"    {s['step']:22} {s['median']:7.2f}  (p95 {s['p95']:.2f})")
         print(f"    {'workspace (outside)':22} "

@@ -58,7 +58,8 @@ PROGRAM = "program"
 # D and the init are forked interpreters of ~30 MiB; a bound, never reached in practice.
 KEEPER_MEMORY_BYTES = 256 << 20
 CPU_PERIOD_US = 100_000
-ROOT_KEY = "sandbox.cgroup_root"  # the config key named in set-up errors
+ROOT_KEY = "sandbox.cgroup_root"
+_BOX_SEQUENCE = itertools.count(1)  # the config key named in set-up errors
 
 
 @dataclass(frozen=True)
@@ -177,11 +178,9 @@ class CgroupBackend(ABC):
     version: str
     cgroup_root: str | None
 
-    def __init__(self) -> None:
-        self._seq = itertools.count(1)
-
     def new_name(self) -> str:
-        return f"box-{os.getpid()}-{next(self._seq)}"
+        # One sequence per process: two backends (two Sandboxes) never pick one name.
+        return f"box-{os.getpid()}-{next(_BOX_SEQUENCE)}"
 
     def prepare(self) -> None:
         """Once at start: create the box parent, enable controllers, sweep stale boxes.

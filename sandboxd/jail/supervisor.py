@@ -251,6 +251,12 @@ class Sandbox:
         box.fds.close_child_ends()
         return box
 
+    async def set_warm_boxes(self, per_slot: int) -> None:
+        """Change how many boxes the pool keeps per slot (0: none, the pool emptied)."""
+        self.warm_boxes = self._pool.per_slot = per_slot
+        if per_slot == 0:
+            await self.discard_warm_boxes()
+
     async def discard_warm_boxes(self) -> None:
         """Tear down every warm box now (and the ones being built)."""
         self._bind_loop()  # boxes of another (closed) loop go first, synchronously
@@ -417,7 +423,7 @@ class _WarmPool:
     async def _build(self, slot: int, shape: BoxShape, spawn) -> None:
         try:
             box = await spawn(shape, slot, self.owned)
-        except JailError as e:
+        except (JailError, OSError) as e:
             log.warning("could not build a warm box: %s", e)
             return
         finally:

@@ -546,6 +546,15 @@ def _our_box_cgroups(sandbox) -> list[Path]:
 async def test_descriptor_allocation_failure_during_box_setup_leaks_nothing(
         sandbox, registry, monkeypatch):
     limits = BoxLimits(cpu_ms=2000, wall_ms=5000, memory_bytes=64 * MIB)
+    # Every box built by the run itself (a cold one): each descriptor it opens is counted.
+    await sandbox.set_warm_boxes(0)
+    try:
+        await _fault_every_descriptor_call(sandbox, registry, monkeypatch, limits)
+    finally:
+        await sandbox.set_warm_boxes(1)
+
+
+async def _fault_every_descriptor_call(sandbox, registry, monkeypatch, limits) -> None:
     # A normal box first (binds the loop), counting the descriptor factories it calls.
     with monkeypatch.context() as m:
         counter = _FdFactoryFault(m, fail_at=None)
