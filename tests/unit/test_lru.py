@@ -5,14 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sandboxd.lru import BoundedTTLMap
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit.service_fakes import Clock
 
 
 def new_map(clock: Clock | None = None, *, max_entries: int = 10, max_bytes: int = 1000,
