@@ -26,13 +26,13 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 from sandboxd.config import ArtifactsConfig
 from sandboxd.jail.boxtree import BoxTree
 from sandboxd.jail.spec import JailOutcome, Termination
+from sandboxd.lru import BoundedTTLMap
 
 # Changing the encoding changes every key: old entries simply stop matching.
 KEY_VERSION = b"sandboxd compiled artifact v1\0"
@@ -86,12 +86,6 @@ class Artifact:
 
 
 @dataclass
-class _Entry:
-    artifact: Artifact
-    stored_at: float
-
-
-@dataclass
 class _Flight:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     holders: int = 0  # jobs holding or waiting for the lock
@@ -103,15 +97,12 @@ class ArtifactCache:
 
     def __init__(self, *, max_entries: int, max_bytes: int, ttl_s: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        if max_entries < 1 or max_bytes < 1 or ttl_s <= 0:
-            raise ValueError("need max_entries >= 1, max_bytes >= 1, ttl_s > 0")
+        self._entries: BoundedTTLMap[str, Artifact] = BoundedTTLMap(
+            max_entries=max_entries, max_bytes=max_bytes, ttl_s=ttl_s, clock=clock)
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
-        self._clock = clock
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._flights: dict[str, _Flight] = {}
-        self.bytes = 0
 
     @classmethod
     def from_config(cls, config: ArtifactsConfig) -> ArtifactCache | None:
@@ -121,30 +112,19 @@ class ArtifactCache:
         return cls(max_entries=config.max_entries, max_bytes=config.max_bytes,
                    ttl_s=config.ttl_s)
 
+    @property
+    def bytes(self) -> int:
+        return self._entries.bytes
+
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, key: str) -> Artifact | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        if self._clock() - entry.stored_at >= self.ttl_s:
-            self._drop(key)
-            return None
-        self._entries.move_to_end(key)
-        return entry.artifact
+        return self._entries.get(key)
 
     def put(self, key: str, artifact: Artifact) -> None:
         """Keep `artifact`; one larger than the whole cache is not kept."""
-        if key in self._entries:
-            self._drop(key)
-        size = artifact.size
-        if size > self.max_bytes:
-            return
-        self._entries[key] = _Entry(artifact, self._clock())
-        self.bytes += size
-        while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
-            self._drop(next(iter(self._entries)))
+        self._entries.put(key, artifact, artifact.size)
 
     @contextlib.asynccontextmanager
     async def flight(self, key: str) -> AsyncIterator[None]:
@@ -161,7 +141,3 @@ class ArtifactCache:
             flight.holders -= 1
             if flight.holders == 0:
                 del self._flights[key]
-
-    def _drop(self, key: str) -> None:
-        entry = self._entries.pop(key)
-        self.bytes -= entry.artifact.size

@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import time
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import orjson
 
 from sandboxd.codec import to_plain
+from sandboxd.lru import BoundedTTLMap
 from sandboxd.model import Result, Status, Submission
 
 # Fields of Submission that do not change what the program does or how it is judged:
@@ -70,61 +67,11 @@ def _repeatable(status: str | None, time_ms: int | None, time_limit_ms: int) -> 
     return True
 
 
-@dataclass
-class _Entry:
-    result: Result
-    size: int
-    stored_at: float
-
-
-class ResultCache:
+class ResultCache(BoundedTTLMap[str, Result]):
     """Results by key; the least recently used go first past `max_entries` or
-    `max_bytes`, and an entry older than `ttl_s` is never served."""
+    `max_bytes`, and an entry older than `ttl_s` is never served (lru.py)."""
 
-    def __init__(self, *, max_entries: int, max_bytes: int, ttl_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        if max_entries < 1 or max_bytes < 1 or ttl_s <= 0:
-            raise ValueError("need max_entries >= 1, max_bytes >= 1, ttl_s > 0")
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self.ttl_s = ttl_s
-        self._clock = clock
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self.bytes = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: str) -> Result | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        if self._clock() - entry.stored_at >= self.ttl_s:
-            self._drop(key)
-            return None
-        self._entries.move_to_end(key)
-        return entry.result
-
-    def put(self, key: str, result: Result, size: int) -> None:
-        """Store `result` (`size`: its encoded bytes); one larger than the whole cache
-        is not stored."""
-        if key in self._entries:
-            self._drop(key)
-        if size > self.max_bytes:
-            return
-        self._entries[key] = _Entry(dataclasses.replace(result, cached=False), size,
-                                    self._clock())
-        self.bytes += size
-        while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
-            self._drop(next(iter(self._entries)))
-
-    def expire(self) -> None:
-        """Drop the entries past their TTL (their memory back now, not at the next get)."""
-        now = self._clock()
-        stale = [k for k, e in self._entries.items() if now - e.stored_at >= self.ttl_s]
-        for key in stale:
-            self._drop(key)
-
-    def _drop(self, key: str) -> None:
-        entry = self._entries.pop(key)
-        self.bytes -= entry.size
+    def put(self, key: str, value: Result, size: int) -> None:
+        """Store a result (`size`: its encoded bytes) as it would be served fresh; one
+        larger than the whole cache is not stored."""
+        super().put(key, dataclasses.replace(value, cached=False), size)

@@ -11,9 +11,11 @@ jail do not know which one runs. The mechanism is Redis Streams:
   timeout, which keeps its idle time low; the entries of a host that stopped doing so
   (killed, hung, cut off) are taken over by the others with XAUTOCLAIM and run again
   from scratch, with an attempt count (after `server.max_attempts`: Internal Error);
-- a job is acknowledged (XACK + XDEL) only in the transaction that stores its final
-  result (with the result TTL) and publishes its id on `{prefix}:done`, where every
-  host's `?wait=true` waiters are woken;
+- a job is acknowledged (XACK + XDEL) only in the transaction (a Lua script) that
+  stores its final result (with the result TTL) and publishes its id on
+  `{prefix}:done`, where every host's `?wait=true` waiters are woken; if a host that
+  was only cut off finishes a job another host took over, the first result stored
+  stands (the later one is dropped, and sends no webhook);
 - the result cache is shared (`{prefix}:cache:KEY`, with the cache TTL), so an
   identical submission on another host is a hit;
 - the queue bound is the cluster's: entries not yet delivered to any host.
@@ -68,6 +70,30 @@ STOP_GRACE_S = 5.0
 
 T = TypeVar("T")
 
+# A job taken over from a host that was only cut off (not dead) may end on both hosts.
+# The first final result stored stands: a later one neither replaces it nor is
+# announced (so its host sends no webhook). The entry is acknowledged and deleted either
+# way. KEYS: the job's hash, the stream, the cache key (or the job's hash again, unused);
+# ARGV: group, entry id, result, finished_at, result TTL ms, channel, job id, cached
+# result ('' for none), cache TTL ms. Returns 1 if stored, 0 if one was there already.
+STORE_FIRST_RESULT = """
+redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[2], ARGV[2])
+if redis.call('HEXISTS', KEYS[1], 'finished_at') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'result', ARGV[3], 'finished_at', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+if ARGV[8] ~= '' then redis.call('SET', KEYS[3], ARGV[8], 'PX', ARGV[9]) end
+redis.call('PUBLISH', ARGV[6], ARGV[7])
+return 1
+"""
+# Marks a job Running unless its final result is stored already (by a host that ended
+# it while this one was taking it over): a final result is never turned back.
+MARK_RUNNING = """
+if redis.call('HEXISTS', KEYS[1], 'finished_at') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'result', ARGV[1])
+return 1
+"""
+
 
 class RedisStartupError(Exception):
     """Redis cannot be used at start-up; the message says why."""
@@ -113,6 +139,7 @@ class RedisService:
         self._queued = 0  # the cluster's waiting jobs, as last read
         self.oldest_waiting_s = 0.0
         self._finished_by_status: Counter[Status] = Counter()
+        self._scripts: dict[str, Any] = {}  # Lua source -> registered script
 
     @classmethod
     def from_config(cls, runner: Runner, config: Config, client: redis.Redis, *,
@@ -475,8 +502,9 @@ class RedisService:
                     f"(server.max_attempts = {self._max_attempts}): it is not run again"),
                     None, accepted_at)
                 return
-            await self._retrying(f"job {job_id}: mark it running", lambda: self._redis.hset(
-                self._job_key(job_id), "result", encode_result(pending(Status.RUNNING))))
+            running = encode_result(pending(Status.RUNNING))
+            await self._retrying(f"job {job_id}: mark it running", lambda: self._eval(
+                MARK_RUNNING, [self._job_key(job_id)], [running]))
             self._observer.job_started(submission, max(0.0, self._clock() - accepted_at))
             try:
                 result = await self._runner.run(submission)
@@ -516,23 +544,27 @@ class RedisService:
         if submission is not None and self._cache_ttl_s is not None and submission.cache \
                 and is_cacheable(submission, result):
             cache = self._cache_key(cache_key(submission))
-        cached = encode_result(dataclasses.replace(result, cached=True))
+        cached = encode_result(dataclasses.replace(result, cached=True)) \
+            if cache is not None else b""
+        job_key = self._job_key(job_id)
 
-        async def store() -> None:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self._job_key(job_id), mapping={"result": encoded,
-                                                           "finished_at": repr(finished_at)})
-                pipe.pexpire(self._job_key(job_id), ttl)
-                pipe.xack(self._stream, GROUP, entry_id)
-                pipe.xdel(self._stream, entry_id)
-                if cache is not None:
-                    pipe.set(cache, cached, px=_ttl_ms(self._cache_ttl_s or 1))
-                pipe.publish(self._channel, job_id)
-                await pipe.execute()
+        def store() -> Awaitable[Any]:
+            return self._eval(STORE_FIRST_RESULT, [job_key, self._stream, cache or job_key], [
+                GROUP, entry_id, encoded, repr(finished_at), ttl, self._channel, job_id,
+                cached, _ttl_ms(self._cache_ttl_s or 1)])
 
-        await asyncio.shield(self._retrying(f"job {job_id}: store its result", store))
+        stored = await asyncio.shield(self._retrying(f"job {job_id}: store its result", store))
+        if not stored:
+            log.warning("job %s: another host stored its result first; this run's result "
+                        "is dropped", job_id)
+            return
         if submission is not None:
             self._count_finished(job_id, submission, result, accepted_at, run_s, finished_at)
+
+    def _eval(self, script: str, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        """Run a Lua `script` (atomic in Redis), sent by its SHA once Redis knows it."""
+        return self._scripts.setdefault(script, self._redis.register_script(script))(
+            keys=keys, args=args)
 
     def _count_finished(self, job_id: str, submission: Submission, result: Result,
                         accepted_at: float, run_s: float | None, at: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,12 +16,18 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import require_kernel
+from tests.e2e.receivers import Receiver
 
 STATE_DIR = "/run/sandboxd-test"  # shared by test daemons: one private ws mount
+# A daemon whose webhooks may reach a `receiver` on 127.0.0.1, retrying soon and often.
+HOOKED_CONFIG = (f'[sandbox]\nstate_dir = "{STATE_DIR}"\n\n'
+                 '[webhooks]\nallowed_hosts = ["127.0.0.1"]\nbackoff_s = 0.05\n'
+                 'max_backoff_s = 0.2\nmax_attempts = 100\n')
 
 
 def free_port() -> int:
@@ -142,9 +149,36 @@ def stop_daemon(daemon: Daemon, sig: int = signal.SIGTERM) -> str:
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory) -> Iterator[Daemon]:
     require_kernel()
-    d = start_daemon(tmp_path_factory.mktemp("daemon"))
-    try:
+    with running_daemon(tmp_path_factory.mktemp("daemon")) as d:
         yield d
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A callback receiver on 127.0.0.1 (receivers.py) that answers 500 first, then 204:
+    a daemon must retry once."""
+    rec = Receiver([500, 204])
+    try:
+        yield rec
     finally:
-        if d.process.poll() is None:
-            stop_daemon(d)
+        rec.close()
+
+
+@contextlib.contextmanager
+def running_daemon(tmp_path: Path, **options: Any) -> Iterator[Daemon]:
+    """`start_daemon(tmp_path, **options)`, stopped on the way out unless it is gone."""
+    daemon = start_daemon(tmp_path, **options)
+    try:
+        yield daemon
+    finally:
+        if daemon.process.poll() is None:
+            stop_daemon(daemon)
+
+
+@pytest.fixture
+def hooked_daemon(tmp_path: Path) -> Iterator[Daemon]:
+    """A daemon (python3 only) whose webhooks may reach a `receiver` (HOOKED_CONFIG)."""
+    require_kernel()
+    with running_daemon(tmp_path, config_text=HOOKED_CONFIG, log_name="daemon.log",
+                        languages=["python3"]) as daemon:
+        yield daemon

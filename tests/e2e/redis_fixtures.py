@@ -22,8 +22,9 @@ from tests.e2e.conftest import Daemon, free_port, start_daemon
 
 WORKERS = 2
 # Box slot N runs as uid_base + 2N and + 1: each daemon here has a range of its own,
-# away from the other test modules' (60000-62999), varied by pid across test sessions.
-UID_BASE = 63_000 + 128 * (os.getpid() % 30)  # 8 daemons of 16 uids
+# away from the other test modules' (60000-62999), varied by pid across test sessions,
+# and below 65534 (`nobody`): 19 ranges of 128 end at 65431.
+UID_BASE = 63_000 + 128 * (os.getpid() % 19)  # 8 daemons of 16 uids
 STATE_DIR = "/run/sandboxd-test-redis"
 
 

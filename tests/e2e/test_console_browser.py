@@ -271,3 +271,95 @@ def test_status_page_follows_a_burst_of_slow_jobs(browser, small_daemon, tmp_pat
     assert browser.find_elements(By.CSS_SELECTOR, "#chart-queue polyline")
     assert text_of(browser, "p50") != "–"
     save_screenshot(browser, tmp_path, "console-status.png")
+
+
+# The guessing game of docs/API.md: a secret from 1 to 100 (the test's input), seven
+# guesses, answered with higher, lower or correct; the interactor's stderr is its message.
+GUESSER = ("low, high = 1, 100\nwhile True:\n    guess = (low + high) // 2\n"
+           "    print(guess, flush=True)\n    answer = input()\n    if answer == 'correct':\n"
+           "        break\n    if answer == 'higher':\n        low = guess + 1\n    else:\n"
+           "        high = guess - 1\n")
+GAME = ("import sys\nsecret = int(open(sys.argv[1]).read())\nfor guesses in range(1, 8):\n"
+        "    guess = int(input())\n    if guess == secret:\n        print('correct', flush=True)\n"
+        "        print('found in', guesses, 'guesses', file=sys.stderr)\n        sys.exit(0)\n"
+        "    print('higher' if guess < secret else 'lower', flush=True)\n"
+        "print('too many guesses', file=sys.stderr)\nsys.exit(1)\n")
+
+
+def choose_judge(driver, mode: str, language: str = "", source: str = "") -> None:
+    Select(driver.find_element(By.ID, "judge-mode")).select_by_value(mode)
+    for role in ("checker", "interactor"):
+        assert driver.find_element(By.ID, f"{role}-io").is_displayed() is (role == mode)
+    if mode != "output":
+        Select(driver.find_element(By.ID, f"{mode}-language")).select_by_value(language)
+        set_field(driver, f"{mode}-source", source)
+
+
+def run_and_wait(driver) -> str:
+    driver.find_element(By.ID, "run").click()
+    return wait(driver, lambda d: (t := d.find_element(By.ID, "verdict").text).startswith(FINAL)
+                and d.find_element(By.ID, "run").is_enabled() and t)
+
+
+def test_an_interactive_game_shows_each_verdict_and_the_interactors_message(browser, daemon):
+    open_console(browser, daemon.url)
+    wait_ready(browser)
+    Select(browser.find_element(By.ID, "language")).select_by_value("python3")
+    set_field(browser, "source", GUESSER)
+    # A checker written first, then the interactor chosen: only the interactor is sent.
+    choose_judge(browser, "checker", "python3", "import sys\nsys.exit(0)\n")
+    choose_judge(browser, "interactor", "python3", GAME)
+    browser.find_element(By.ID, "tests-mode").click()
+    browser.find_element(By.ID, "add-test").click()
+    rows = browser.find_elements(By.CSS_SELECTOR, "#test-rows .test-row")
+    for row, secret in zip(rows, ["42", "101"], strict=True):  # 101: never found
+        browser.execute_script("arguments[0].value = arguments[1]",
+                               row.find_element(By.CSS_SELECTOR, ".test-stdin"), secret)
+    browser.find_element(By.ID, "copy-curl").click()
+    curl = wait(browser, lambda d: text_of(d, "curl"))
+    assert '"interactor_language":"python3"' in curl and '"interactor_source":' in curl
+    assert '"checker' not in curl, curl
+    assert run_and_wait(browser) == "Wrong Answer"
+    results = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#test-results tbody tr"))
+    cells = [[c.get_attribute("textContent") for c in r.find_elements(By.TAG_NAME, "td")]
+             for r in results]
+    assert [(c[1], c[5]) for c in cells] == [("Accepted", "found in 7 guesses\n"),
+                                             ("Wrong Answer", "too many guesses\n")], cells
+    # The overall verdict is the second test's, with its interactor's message.
+    assert browser.find_element(By.ID, "interactor-message-box").is_displayed()
+    assert text_of(browser, "interactor-message") == "too many guesses\n"
+    assert not browser.find_element(By.ID, "checker-message-box").is_displayed()
+
+    # One run, no tests: the message of the one interaction.
+    browser.find_element(By.ID, "tests-mode").click()
+    set_field(browser, "stdin", "64")
+    set_field(browser, "expected", "")
+    assert run_and_wait(browser) == "Accepted"
+    assert text_of(browser, "interactor-message") == "found in 7 guesses\n"
+    # Back from the history, the run's fields come back with it, the interactor's too.
+    choose_judge(browser, "output")
+    browser.find_elements(By.CSS_SELECTOR, "#history li")[1].click()
+    assert Select(browser.find_element(By.ID, "judge-mode")).first_selected_option.text == (
+        "Interactor")
+    assert browser.find_element(By.ID, "interactor-source").get_attribute("value") == GAME
+    assert text_of(browser, "interactor-message") == "too many guesses\n"
+    # No error in this page (the log holds the earlier tests' too: another daemon's 401).
+    severe = [e for e in browser.get_log("browser")
+              if e["level"] == "SEVERE" and daemon.url in e["message"]]
+    assert not severe, severe
+
+
+def test_a_custom_checker_decides_and_its_message_is_shown(browser, daemon):
+    checker = ("import sys\nn = int(open(sys.argv[1]).read())\n"
+               "a, b = map(int, open(sys.argv[2]).read().split())\n"
+               "print('product', a * b)\nsys.exit(0 if a * b == n else 1)\n")
+    open_console(browser, daemon.url)
+    wait_ready(browser)
+    choose_judge(browser, "checker", "python3", checker)
+    assert run_program(browser, "python3", "n = int(input())\nprint(2, n // 2)\n",
+                       stdin="42") == "Accepted"
+    assert text_of(browser, "checker-message") == "product 42\n"
+    assert not browser.find_element(By.ID, "interactor-message-box").is_displayed()
+    assert run_program(browser, "python3", "n = int(input())\nprint(2, n // 2)\n",
+                       stdin="43") == "Wrong Answer"
+    assert text_of(browser, "checker-message") == "product 42\n"

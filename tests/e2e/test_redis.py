@@ -24,6 +24,7 @@ import pytest
 
 from tests.conftest import require_kernel
 from tests.e2e.conftest import Daemon, stop_daemon
+from tests.e2e.receivers import Receiver
 from tests.e2e.redis_fixtures import (
     UID_BASE,
     WORKERS,
@@ -31,7 +32,6 @@ from tests.e2e.redis_fixtures import (
     require_redis_server,
     start_redis_daemon,
 )
-from tests.e2e.test_webhooks_daemon import Receiver
 
 DOUBLE = "print(2 * int(input()))"
 SLEEP_THEN_PRINT = "import time\ntime.sleep(4)\nprint(int(input()) + 1)"
@@ -174,8 +174,8 @@ def test_the_result_cache_and_webhooks_are_shared(shared) -> None:
     assert status == 200 and isinstance(hit, dict), hit
     assert hit["cached"] is True and hit["stdout"] == judged["stdout"]
     assert _metric(b, "sandboxd_cache_hits_total") >= 1
-    (headers, delivered), = receiver.wait_for(1)
-    assert json.loads(delivered)["submission_id"] == first
+    (delivered,) = receiver.wait_for(1)
+    assert json.loads(delivered.body)["submission_id"] == first
     # Delivered once: both daemons are alive and neither sends it again.
     time.sleep(2)
     assert len(receiver.requests) == 1

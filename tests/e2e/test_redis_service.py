@@ -5,6 +5,7 @@ bound, a stop cutting a job short, Redis lost and back — in seconds, not minut
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -238,3 +239,54 @@ async def test_a_judge0_callback_keeps_its_format_through_redis(redis_server, se
         await asyncio.sleep(0.1)
     assert notifier.sent == [(job_id, url, result)]
     assert notifier.formats == [CallbackFormat.JUDGE0]
+
+
+class TaggedRunner(FakeRunner):
+    """A FakeRunner whose stdout says which host ran the job."""
+
+    def __init__(self, tag: str, gate: asyncio.Event) -> None:
+        super().__init__(gate)
+        self.tag = tag
+
+    async def run(self, job):  # type: ignore[no-untyped-def]
+        result = await super().run(job)
+        return dataclasses.replace(result, stdout=f"{self.tag}: {result.stdout}")
+
+
+async def test_a_job_run_on_two_hosts_keeps_the_first_result_and_calls_back_once(
+        redis_server, services) -> None:
+    """A host cut off from Redis longer than the visibility timeout (here: its renewals
+    stopped) still runs its job while another takes it over: the first result stored
+    stands, the later one neither replaces it nor sends a second webhook."""
+    url = "http://127.0.0.1:1/hook"
+    a_gate, b_gate = asyncio.Event(), asyncio.Event()
+    a_runner, b_runner = TaggedRunner("A", a_gate), TaggedRunner("B", b_gate)
+    a_notifier, b_notifier = FakeNotifier(), FakeNotifier()
+    a = await _service(services, redis_server.url, a_runner, notifier=a_notifier)
+    job_id = await a.submit(submission("twice", cache=False, callback_url=url))
+    for _ in range(BOUND_S * 10):
+        if a_runner.sources:
+            break
+        await asyncio.sleep(0.1)
+    a._loops[1].cancel()  # noqa: SLF001 - A's renewer: as if A could not reach Redis
+    b = await _service(services, redis_server.url, b_runner, notifier=b_notifier)
+    for _ in range(BOUND_S * 10):  # B takes the job over once A's claim is idle 1 s
+        if b_runner.sources:
+            break
+        await asyncio.sleep(0.1)
+    assert b_runner.sources == ["twice"]
+    b_gate.set()  # B ends first: its result is stored and announced...
+    first = await a.wait(job_id, BOUND_S)
+    assert (first.status, first.stdout) == (Status.ACCEPTED, "B: twice")
+    a_gate.set()  # ...then A ends too: it must not replace it
+    for _ in range(BOUND_S * 10):
+        if not a._tasks:  # noqa: SLF001 - A's job task has ended
+            break
+        await asyncio.sleep(0.1)
+    assert not a._tasks  # noqa: SLF001
+    assert await b.get(job_id) == first
+    assert [(sent_id, sent) for sent_id, _, sent in b_notifier.sent] == [(job_id, first)]
+    assert a_notifier.sent == []
+    client = redis.Redis.from_url(redis_server.url)
+    assert await client.xlen("sandboxd:jobs") == 0
+    await client.aclose()

@@ -5,97 +5,24 @@ without `[webhooks]` refuses every callback_url."""
 from __future__ import annotations
 
 import json
-import threading
-import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
-import pytest
-
-from tests.conftest import require_kernel
-from tests.e2e.conftest import STATE_DIR, Daemon, start_daemon, stop_daemon
-
-
-class Receiver:
-    """An HTTP server on 127.0.0.1 in a thread; answers POSTs from `statuses` in turn
-    (the last one repeats) and keeps what it got."""
-
-    def __init__(self, statuses: list[int]):
-        self.statuses = statuses
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                with receiver.lock:
-                    receiver.requests.append((dict(self.headers), body))
-                    status = receiver.statuses[min(len(receiver.requests),
-                                                   len(receiver.statuses)) - 1]
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def wait_for(self, count: int, timeout: float = 120) -> list[tuple[dict[str, str], bytes]]:
-        """Until `count` requests came (a generous bound, not a measurement)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if len(self.requests) >= count:
-                    return list(self.requests)
-            time.sleep(0.05)
-        raise AssertionError(f"receiver got {len(self.requests)} request(s), expected {count}")
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    rec = Receiver([500, 200])
-    try:
-        yield rec
-    finally:
-        rec.close()
-
-
-@pytest.fixture
-def hooked_daemon(tmp_path: Path) -> Iterator[Daemon]:
-    require_kernel()
-    config = (f'[sandbox]\nstate_dir = "{STATE_DIR}"\n\n'
-              '[webhooks]\nallowed_hosts = ["127.0.0.1"]\nbackoff_s = 0.05\n'
-              'max_backoff_s = 0.2\n')
-    daemon = start_daemon(tmp_path, config_text=config, log_name="daemon.log")
-    try:
-        yield daemon
-    finally:
-        if daemon.process.poll() is None:
-            stop_daemon(daemon)
+from tests.e2e.conftest import Daemon, stop_daemon
+from tests.e2e.receivers import Receiver
 
 
 def test_a_result_reaches_the_receiver_after_a_500(hooked_daemon: Daemon,
                                                    receiver: Receiver) -> None:
-    url = f"http://127.0.0.1:{receiver.port}/sandboxd"
     status, body, _ = hooked_daemon.request("POST", "/execute", {
         "language": "python3", "source": "print(input())", "stdin": "hello",
-        "callback_url": url})
+        "callback_url": receiver.url("/sandboxd")})
     assert status == 202, body
     assert isinstance(body, dict)
     job_id = body["submission_id"]
-    (first_headers, first), (second_headers, second) = receiver.wait_for(2)
-    assert first == second  # the same result, sent again after the 500
-    result = json.loads(second)
+    first, second = receiver.wait_for(2)
+    assert (first.method, first.path, second.method) == ("POST", "/sandboxd", "POST")
+    assert first.body == second.body  # the same result, sent again after the 500
+    result = json.loads(second.body)
+    first_headers, second_headers = first.headers, second.headers
     assert (result["submission_id"], result["status"], result["stdout"]) == (
         job_id, "Accepted", "hello\n")
     assert second_headers["Content-Type"] == "application/json"

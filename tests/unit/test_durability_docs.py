@@ -8,7 +8,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from sandboxd.config import CacheConfig, Config, load
+from sandboxd.config import CacheConfig, Config, QueueConfig, load
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "DURABILITY.md"
 SERVER_KEYS = {"journal", "max_attempts", "result_ttl_s", "results_kept", "results_max_bytes",
@@ -24,7 +24,8 @@ def table() -> dict[str, str]:
 def test_the_table_lists_every_durability_key() -> None:
     documented = set(table())
     expected = {f"server.{k}" for k in SERVER_KEYS} | {
-        f"cache.{f.name}" for f in dataclasses.fields(CacheConfig)}
+        f"cache.{f.name}" for f in dataclasses.fields(CacheConfig)} | {
+        f"queue.{f.name}" for f in dataclasses.fields(QueueConfig)}
     assert documented == expected
 
 
@@ -42,5 +43,6 @@ def test_the_toml_example_is_the_defaults(tmp_path: Path) -> None:
     path.write_text(block)
     loaded = load(path)
     assert loaded.cache == Config().cache
+    assert loaded.queue == Config().queue
     for name in SERVER_KEYS:
         assert getattr(loaded.server, name) == getattr(Config().server, name), name

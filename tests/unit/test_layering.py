@@ -50,7 +50,7 @@ def test_http_side_never_imports_the_kernel_layer(name):
         "sandboxd.runner", "sandboxd.server")}, mods
 
 
-@pytest.mark.parametrize("name", ["model.py", "config.py", "outputs.py"])
+@pytest.mark.parametrize("name", ["model.py", "config.py", "outputs.py", "lru.py"])
 def test_pure_data_modules_import_no_other_layer(name):
     assert imported_modules(PACKAGE / name) <= {"sandboxd"}
 
@@ -76,7 +76,7 @@ def test_metrics_and_logs_sit_beside_the_observer(name):
 @pytest.mark.parametrize("name", ["journal.py", "cache.py", "codec.py"])
 def test_service_helpers_import_only_data_modules(name):
     # The journal and the cache sit below the service: data in, data out.
-    allowed = {"sandboxd.model", "sandboxd.codec", "sandboxd.callbacks"}
+    allowed = {"sandboxd.model", "sandboxd.codec", "sandboxd.callbacks", "sandboxd.lru"}
     mods = {m.rsplit(".", 1)[0] if m.rsplit(".", 1)[0] in allowed else m
             for m in imported_modules(PACKAGE / name)}
     assert mods <= allowed, mods

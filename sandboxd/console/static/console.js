@@ -73,6 +73,13 @@ async function loadLanguages() {
   const preferred = data.find((l) => l.id === "python3" && l.available) || data.find((l) => l.available);
   if (preferred) select.value = preferred.id;
   if (!$("source").value) $("source").value = SAMPLES[select.value] || "";
+  for (const role of ["checker", "interactor"]) {
+    const helper = $(role + "-language");
+    helper.replaceChildren(...[...select.options]
+      .filter((o) => (data.find((l) => l.id === o.value).usable_as || []).includes(role))
+      .map((o) => o.cloneNode(true)));
+    if (preferred) helper.value = preferred.id;
+  }
 }
 
 function intField(id) {
@@ -151,6 +158,42 @@ function currentTests() {
   return tests;
 }
 
+// -- Judged by: the expected output, a custom checker or an interactor (never both) --
+
+const JUDGES = ["output", "checker", "interactor"];
+
+function setJudgeMode(mode) {
+  $("judge-mode").value = mode;
+  $("checker-io").hidden = mode !== "checker";
+  $("interactor-io").hidden = mode !== "interactor";
+}
+
+function addJudgeFields(body) {
+  const mode = $("judge-mode").value;
+  if (mode === "checker") {
+    body.checker = "custom";
+    body.checker_language = $("checker-language").value;
+    body.checker_source = $("checker-source").value;
+  } else if (mode === "interactor") {
+    body.interactor_language = $("interactor-language").value;
+    body.interactor_source = $("interactor-source").value;
+  }
+}
+
+function restoreJudgeFields(body) {
+  let mode = "output";
+  if (body.interactor_source !== undefined) {
+    mode = "interactor";
+    $("interactor-language").value = body.interactor_language;
+    $("interactor-source").value = body.interactor_source;
+  } else if (body.checker === "custom") {
+    mode = "checker";
+    $("checker-language").value = body.checker_language;
+    $("checker-source").value = body.checker_source;
+  }
+  setJudgeMode(mode);
+}
+
 function currentRequest() {
   const body = { language: $("language").value, source: $("source").value };
   if (testsMode()) {
@@ -159,6 +202,7 @@ function currentRequest() {
     body.stdin = $("stdin").value;
     if ($("expected").value !== "") body.expected_output = $("expected").value;
   }
+  addJudgeFields(body);
   const limits = { time_limit_ms: "time-limit", wall_time_limit_ms: "wall-limit", memory_limit_mb: "memory-limit" };
   for (const [field, id] of Object.entries(limits)) {
     const value = intField(id);
@@ -204,7 +248,16 @@ function showResult(result) {
   $("stdout").textContent = result.stdout || "";
   $("stderr").textContent = result.stderr || "";
   $("compile-output").textContent = result.compile_output || "";
+  showJudgeMessage("checker", result.checker_message);
+  showJudgeMessage("interactor", result.interactor_message);
   showTestResults(result.tests);
+}
+
+function showJudgeMessage(role, message) {
+  // Shown when the result has one, even empty (the judge said nothing).
+  const given = typeof message === "string";
+  $(role + "-message-box").hidden = !given;
+  $(role + "-message").textContent = given ? message : "";
 }
 
 function showTestResults(tests) {
@@ -228,6 +281,10 @@ function showTestResults(tests) {
       cell.textContent = dash(value, unit);
       row.append(cell);
     }
+    const said = document.createElement("td");
+    said.className = "judge-message";
+    said.textContent = test.interactor_message ?? test.checker_message ?? "";
+    row.append(said);
     body.append(row);
   });
 }
@@ -235,6 +292,7 @@ function showTestResults(tests) {
 function clearResult() {
   for (const id of ["exit-code", "signal", "time", "wall-time", "memory"]) $(id).textContent = "–";
   for (const id of ["message", "stdout", "stderr", "compile-output"]) $(id).textContent = "";
+  for (const role of ["checker", "interactor"]) showJudgeMessage(role, undefined);
   showTestResults(null);
 }
 
@@ -299,6 +357,7 @@ function remember(body, result) {
         $("expected").value = entry.body.expected_output || "";
         setTestsMode(false);
       }
+      restoreJudgeFields(entry.body);
       showResult(entry.result);
     });
     list.append(item);
@@ -421,16 +480,20 @@ async function start() {
   $("tests-mode").addEventListener("change", () => setTestsMode($("tests-mode").checked));
   $("add-test").addEventListener("click", () => addTestRow());
   setTestsMode($("tests-mode").checked);
+  $("judge-mode").addEventListener("change", () => setJudgeMode($("judge-mode").value));
+  setJudgeMode(JUDGES.includes($("judge-mode").value) ? $("judge-mode").value : "output");
   $("copy-curl").addEventListener("click", () => {
     const command = curlCommand(currentRequest());
     $("curl").textContent = command;
     $("curl").hidden = false;
     if (navigator.clipboard) navigator.clipboard.writeText(command).catch(() => {});
   });
-  $("source").addEventListener("keydown", (event) => {
-    if (event.key === "Escape") event.target.dataset.tabReleased = "1";
-    insertTab(event);
-  });
+  for (const id of ["source", "checker-source", "interactor-source"]) {
+    $(id).addEventListener("keydown", (event) => {
+      if (event.key === "Escape") event.target.dataset.tabReleased = "1";
+      insertTab(event);
+    });
+  }
   document.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) { event.preventDefault(); run(); }
   });
