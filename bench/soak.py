@@ -5,11 +5,15 @@ checked), fork bombs, memory bombs, output floods and infinite loops, each a C
 program compiled once per submission and run over a `tests` list (every test is a
 fresh box). Every test's verdict is checked. Then, with the daemon idle:
 
-- cgroups: no box cgroup of the daemon is left in any hierarchy;
+- cgroups: no box cgroup of the daemon is left in any hierarchy but its warm boxes
+  (built ahead, at most one per slot, only D and its init in them; their processes
+  and descriptors are accounted for below), and none at all once it stopped;
 - mounts: the host's mount table has as many entries under the daemon's state
   directory as after the warm-up (its workspace mounts all gone);
-- descriptors: the daemon and its fork server hold as many as after the warm-up;
-- processes: the fork server has no child; no process runs as a box slot's uid;
+- descriptors: the daemon and its fork server hold as many as after the warm-up
+  (the daemon: 3 more or fewer per warm box more or fewer);
+- processes: the fork server's only children are the warm boxes' first processes;
+  only their D and init run as a box slot's uid;
 - journal: once the (short) result TTL has passed, no job row is left;
 - memory: the daemon's and fork server's RSS, idle at the end and the median of 10
   checkpoints along the way, did not grow past the warm-up's by more than
@@ -97,6 +101,28 @@ def box_cgroups(daemon_pid: int) -> list[str]:
     return found
 
 
+def cgroup_pids(path: str) -> list[str]:
+    try:
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            return f.read().split()
+    except OSError:
+        return []
+
+
+def warm_boxes(daemon_pid: int) -> list[str]:
+    """The daemon's warm boxes (sandbox.warm_boxes): built ahead, waiting for a job. At
+    rest they are the only box cgroups there may be: their program leaf is empty and
+    only D and its init run in them (2 processes)."""
+    found = []
+    for path in box_cgroups(daemon_pid):
+        program = os.path.join(path, "program")
+        keeper = os.path.join(path, "keeper")
+        if os.path.isdir(program) and not cgroup_pids(program) \
+                and len(cgroup_pids(keeper)) == 2:
+            found.append(os.path.basename(path))
+    return sorted(set(found))
+
+
 def slot_uid_processes(slots: int) -> list[str]:
     uids = range(UID_BASE, UID_BASE + 2 * slots)
     found = []
@@ -165,7 +191,8 @@ def main() -> int:
                 submit(kind)
             time.sleep(RESULT_TTL_S + 2)
             base = {"daemon_rss_kb": rss_kb(pid), "fork_server_rss_kb": rss_kb(fs_pid),
-                    "daemon_fds": fd_count(pid), "fork_server_fds": fd_count(fs_pid)}
+                    "daemon_fds": fd_count(pid), "fork_server_fds": fd_count(fs_pid),
+                    "warm_boxes": len(warm_boxes(pid))}
             mounts_before = mount_count()
             print(f"soak: {N} runs ({submissions} submissions of {TESTS_PER_SUBMISSION} "
                   f"tests), {CLIENTS} clients, {workers} workers; after warm-up: {base}",
@@ -186,21 +213,29 @@ def main() -> int:
             elapsed = time.monotonic() - start
             time.sleep(RESULT_TTL_S + 2)  # results expire; the housekeeper forgets them
             after = {"daemon_rss_kb": rss_kb(pid), "fork_server_rss_kb": rss_kb(fs_pid),
-                     "daemon_fds": fd_count(pid), "fork_server_fds": fd_count(fs_pid)}
+                     "daemon_fds": fd_count(pid), "fork_server_fds": fd_count(fs_pid),
+                     "warm_boxes": len(warm_boxes(pid))}
+            # A warm box holds 3 of the daemon's descriptors (report pipe, take socket,
+            # memory peak), one fork-server child (its D) and 2 box-uid processes.
+            warm = warm_boxes(pid)
+            if len(warm) > workers:
+                problems.append(f"{len(warm)} warm boxes for {workers} slots")
+            after["daemon_fds"] -= 3 * (after["warm_boxes"] - base["warm_boxes"])
             print(f"done: {sum(counts.values())} runs (warm-up included), the last {N} "
                   f"in {elapsed:.0f} s; verdicts: {json.dumps(verdicts)}")
             print(f"after: {after}")
-            if leaked := box_cgroups(pid):
+            if leaked := [b for b in box_cgroups(pid) if os.path.basename(b) not in warm]:
                 problems.append(f"box cgroups left: {leaked[:5]} ({len(leaked)})")
             if (m := mount_count()) != mounts_before:
                 problems.append(f"mounts: {mounts_before} after warm-up, {m} at the end")
             for key in ("daemon_fds", "fork_server_fds"):
                 if after[key] != base[key]:
                     problems.append(f"{key}: {base[key]} after warm-up, {after[key]} at the end")
-            if kids := children(fs_pid):
-                problems.append(f"fork server children left: {kids}")
-            if procs := slot_uid_processes(workers):
-                problems.append(f"processes running as a box uid: {procs}")
+            if len(kids := children(fs_pid)) != len(warm):
+                problems.append(f"fork server children left: {kids} ({len(warm)} warm boxes)")
+            if len(procs := slot_uid_processes(workers)) != 2 * len(warm):
+                problems.append(f"processes running as a box uid: {procs} "
+                                f"({len(warm)} warm boxes)")
             for label, index, key in (("daemon", 0, "daemon_rss_kb"),
                                       ("fork server", 1, "fork_server_rss_kb")):
                 # A big response in flight lifts one checkpoint (allocator arenas come

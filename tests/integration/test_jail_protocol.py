@@ -232,19 +232,18 @@ async def test_a_warm_box_was_built_before_its_job_came(sandbox, registry):
 
 
 async def test_each_run_gets_its_own_box_never_a_used_one(sandbox, registry):
-    """Single use: the second run's box is a new one (another init pid namespace, a fresh
-    /tmp), never the first run's box again, even with the pool on."""
-    seen = []
+    """Single use: each run's box is a new one, never an earlier run's again, even with
+    the pool on: a process an earlier run left running (in a box that was reused) would
+    be visible; none is, and the program is PID 2 of its box's PID namespace each time."""
     for _ in range(3):
         out = await run_in_workspace(
             sandbox, registry,
-            ["/bin/sh", "-c", "ls /tmp; touch /tmp/left; readlink /proc/self/ns/pid"])
-        assert out.termination is Termination.EXITED, out
-        listing, ns = out.stdout.decode().rsplit("\n", 2)[:2] if out.stdout.count(b"\n") > 1 \
-            else ("", out.stdout.decode().strip())
-        assert "left" not in listing
-        seen.append(ns)
-    assert len(set(seen)) == 3, seen
+            ["/bin/sh", "-c", 'echo "pid: $$"; echo "sleepers: $(cat /proc/[0-9]*/comm '
+                              '2>/dev/null | grep -c "^sleep$")"; '
+                              'setsid sleep 100 >/dev/null 2>&1 </dev/null &'])
+        assert out.termination is Termination.EXITED and out.exit_code == 0, out
+        lines = dict(line.split(": ", 1) for line in out.stdout.decode().splitlines())
+        assert lines == {"pid": "2", "sleepers": "0"}, lines
 
 
 async def test_an_untraced_box_reports_no_steps(sandbox, registry):
