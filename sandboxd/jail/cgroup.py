@@ -301,10 +301,13 @@ class V2Cgroup(Cgroup):
                 str(peak if peak.exists() else self.program / "memory.current"),
                 str(self.program / "memory.max"), str(self.program / "memory.max"))
 
-    def set_limits(self, limits: CgroupLimits) -> None:
+    def _set_box_limits(self, limits: CgroupLimits) -> None:
         _write(self.path / "pids.max", str(limits.processes))
         quota = max(1000, int(limits.cpu_share * CPU_PERIOD_US))
         _write(self.path / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+
+    def set_limits(self, limits: CgroupLimits) -> None:
+        self._set_box_limits(limits)
         _write(self.program / "memory.max", str(limits.memory_bytes))
 
     def cpu_ns(self) -> int:
@@ -436,14 +439,15 @@ class V2Backend(CgroupBackend):
         try:
             cgroup.path.mkdir()
             made.append(cgroup.path)
+            cgroup._set_box_limits(limits)
             _write(cgroup.path / "cgroup.subtree_control", "+memory")
-            for leaf in (cgroup.keeper, cgroup.program):
+            for leaf, memory in ((cgroup.keeper, KEEPER_MEMORY_BYTES),
+                                 (cgroup.program, limits.memory_bytes)):
                 leaf.mkdir()
                 made.append(leaf)
+                _write(leaf / "memory.max", str(memory))
                 if (leaf / "memory.swap.max").exists():
                     _write(leaf / "memory.swap.max", "0")
-            _write(cgroup.keeper / "memory.max", str(KEEPER_MEMORY_BYTES))
-            cgroup.set_limits(limits)
         except OSError:
             for path in reversed(made):
                 os.rmdir(path)
@@ -529,12 +533,15 @@ class V1Cgroup(Cgroup):
                 str(self.program / "memory.max_usage_in_bytes"),
                 str(limit), str(memsw if memsw.exists() else limit))
 
-    def set_limits(self, limits: CgroupLimits) -> None:
-        _set_v1_memory(self.program, limits.memory_bytes)
+    def _set_box_limits(self, limits: CgroupLimits) -> None:
         _write(self.dirs["pids"] / "pids.max", str(limits.processes))
         cpu = self.dirs["cpu"]
         _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
         _write(cpu / "cpu.cfs_quota_us", str(max(1000, int(limits.cpu_share * CPU_PERIOD_US))))
+
+    def set_limits(self, limits: CgroupLimits) -> None:
+        _set_v1_memory(self.program, limits.memory_bytes)
+        self._set_box_limits(limits)
 
     def cpu_ns(self) -> int:
         return parse_cpu_usage_ns(_read(self.dirs["cpuacct"] / "cpuacct.usage"))
@@ -620,11 +627,12 @@ class V1Backend(CgroupBackend):
             for path in cgroup.distinct_dirs:
                 path.mkdir()
                 made.append(path)
-            for leaf in (cgroup.keeper, cgroup.program):
+            for leaf, memory in ((cgroup.keeper, KEEPER_MEMORY_BYTES),
+                                 (cgroup.program, limits.memory_bytes)):
                 leaf.mkdir()
                 made.append(leaf)
-            _set_v1_memory(cgroup.keeper, KEEPER_MEMORY_BYTES)
-            cgroup.set_limits(limits)
+                _set_v1_memory(leaf, memory)
+            cgroup._set_box_limits(limits)
         except OSError:
             for path in reversed(made):
                 os.rmdir(path)

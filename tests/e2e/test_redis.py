@@ -190,8 +190,25 @@ def test_metrics_report_the_cluster_queue(shared) -> None:
         assert "sandboxd_queue_oldest_waiting_seconds " in text
 
 
-def _box_processes(uid_base: int) -> list[int]:
-    """Pids of processes running as the box uids of the daemon with `uid_base`."""
+def _parent(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat[stat.rindex(")") + 2:].split()[1])
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        pid = _parent(pid)
+        if pid == ancestor:
+            return True
+    return False
+
+
+def _box_processes(uid_base: int, *, except_under: int | None = None) -> list[int]:
+    """Pids of processes running as the box uids of the daemon with `uid_base`, but for
+    those of the daemon `except_under` (its warm boxes, built ahead for its next jobs)."""
     uids = set(range(uid_base, uid_base + 2 * WORKERS))
     pids = []
     for entry in os.listdir("/proc"):
@@ -203,7 +220,8 @@ def _box_processes(uid_base: int) -> list[int]:
             continue
         match = re.search(r"^Uid:\s+(\d+)", status, flags=re.M)
         if match and int(match.group(1)) in uids:
-            pids.append(int(entry))
+            if except_under is None or not _descends_from(int(entry), except_under):
+                pids.append(int(entry))
     return pids
 
 
@@ -234,7 +252,7 @@ def test_a_killed_daemons_jobs_are_run_again_by_another(tmp_path: Path,
             assert redis_server.command("HGET", f"sandboxd:job:{job_id}", "attempts") == "2"
         # A's host side is cleaned up when it starts again: no box of A's is left.
         a = start_redis_daemon(tmp_path, 2, redis_server.url, visibility_timeout_s=2.0)
-        assert _box_processes(UID_BASE + 16 * 2) == []
+        assert _box_processes(UID_BASE + 16 * 2, except_under=a.process.pid) == []
     finally:
         _stop_all(*(d for d in (a, b) if d is not None))
 

@@ -555,7 +555,10 @@ async def test_descriptor_allocation_failure_during_box_setup_leaks_nothing(
 
 
 async def _fault_every_descriptor_call(sandbox, registry, monkeypatch, limits) -> None:
-    # A normal box first (binds the loop), counting the descriptor factories it calls.
+    # A normal box first (binds the loop; the seccomp filter for these limits, compiled
+    # once through a memfd, is cached from then on), then one counting the descriptor
+    # factories a box calls.
+    await _run_box(sandbox, registry, ["/bin/true"], limits, stdin=b"in")
     with monkeypatch.context() as m:
         counter = _FdFactoryFault(m, fail_at=None)
         ok = await _run_box(sandbox, registry, ["/bin/true"], limits, stdin=b"in")

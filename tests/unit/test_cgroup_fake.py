@@ -34,6 +34,7 @@ removes pids from `cgroup.procs` the way the kernel would.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import re
 import signal
@@ -305,6 +306,13 @@ class FakeCgroupFs:
 
 
 OWN = "/sys.slice/x.service"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_box_sequence(monkeypatch):
+    """Box names count from 1 in each test (the sequence is per process: two Sandboxes in
+    one process never pick one name)."""
+    monkeypatch.setattr(cg, "_BOX_SEQUENCE", itertools.count(1))
 
 
 def make_v2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, own: str = OWN, *,

@@ -45,31 +45,56 @@ def test_box_fds_close_everything_they_opened_when_one_open_fails(tmp_path):
     (tmp_path / "cpu").write_text("0")
     before = open_fds()
     with pytest.raises(FileNotFoundError):
-        pipes.BoxFds(b"in", 1 << 20, False, (str(tmp_path / "cpu"), str(tmp_path / "cpu"),
-                                               str(tmp_path / "cpu"), str(tmp_path / "cpu")),
-                     str(tmp_path / "missing"))
+        pipes.BoxFds((str(tmp_path / "cpu"), str(tmp_path / "cpu"), str(tmp_path / "cpu"),
+                      str(tmp_path / "cpu")), str(tmp_path / "missing"))
     assert open_fds() == before
 
 
-def test_box_fds_close_everything_when_a_pipe_cannot_be_made(tmp_path, monkeypatch):
+def test_box_fds_close_everything_when_the_report_pipe_cannot_be_made(tmp_path, monkeypatch):
     for name in ("cpu", "mem", "peak", "limit"):
         (tmp_path / name).write_text("0")
-    real_pipe2 = os.pipe2
-    calls = []
 
     def failing_pipe2(flags):
-        calls.append(flags)
-        if len(calls) == 3:
-            raise OSError(errno.EMFILE, "Too many open files")
-        return real_pipe2(flags)
+        raise OSError(errno.EMFILE, "Too many open files")
 
     monkeypatch.setattr(os, "pipe2", failing_pipe2)
     before = open_fds()
     with pytest.raises(OSError) as e:
-        pipes.BoxFds(b"in", 1 << 20, False, tuple(str(tmp_path / n) for n in
-                                                  ("cpu", "peak", "limit", "limit")),
+        pipes.BoxFds(tuple(str(tmp_path / n) for n in ("cpu", "peak", "limit", "limit")),
                      str(tmp_path / "mem"))
     assert e.value.errno == errno.EMFILE
+    assert open_fds() == before
+
+
+@pytest.mark.parametrize("fail_at", [1, 2, 3])
+def test_job_fds_close_everything_when_a_descriptor_cannot_be_made(monkeypatch, fail_at):
+    """stdin's memfd, stdout's pipe, stderr's pipe: whichever fails, nothing is left open,
+    a passed descriptor included (the run owns it from the call on)."""
+    real_pipe2, real_memfd = os.pipe2, os.memfd_create
+    calls = []
+
+    def counted(real):
+        def call(*args):
+            calls.append(real)
+            if len(calls) == fail_at:
+                raise OSError(errno.EMFILE, "Too many open files")
+            return real(*args)
+        return call
+
+    monkeypatch.setattr(os, "pipe2", counted(real_pipe2))
+    monkeypatch.setattr(os, "memfd_create", counted(real_memfd))
+    before = open_fds()
+    with pytest.raises(OSError) as e:
+        pipes.JobFds(b"in", 1 << 20, False)
+    assert e.value.errno == errno.EMFILE
+    assert open_fds() == before
+
+
+def test_job_fds_own_a_passed_descriptor_even_when_they_fail():
+    before = open_fds()
+    r, w = os.pipe2(os.O_CLOEXEC)
+    with pytest.raises(ValueError):
+        pipes.JobFds(b"", 1 << 20, True, stdout_fd=w, stdin_fd=r)  # merge needs our pipe
     assert open_fds() == before
 
 
