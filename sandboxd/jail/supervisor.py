@@ -223,17 +223,19 @@ class Sandbox:
         self._filters[key] = bpf
         return bpf
 
-    async def _spawn(self, shape: BoxShape, slot: int,
-                     owner: set[_Box] | None = None) -> _Box:
+    async def _spawn(self, shape: BoxShape, slot: int, owner: set[_Box] | None = None,
+                     limits: cg.CgroupLimits = SETUP_LIMITS) -> _Box:
         """A new box, built up to the moment it waits for its job (see stage.py);
-        `owner`: the set that holds it while it is not a job's (the pool's)."""
+        `owner`: the set that holds it while it is not a job's (the pool's); `limits`:
+        its cgroup's, the job's already when the box is built for one."""
         self._ensure_forkserver()
         assert self._client is not None
         try:
-            cgroup = self.cgroups.create(SETUP_LIMITS)
+            cgroup = self.cgroups.create(limits)
         except OSError as e:
             raise JailError(f"cannot create the box cgroup: {e}") from None
         box = _Box(cgroup, shape, slot, self._client)
+        box.limits = limits
         if owner is not None:
             owner.add(box)
             box.owner = owner
@@ -297,7 +299,7 @@ class Sandbox:
             box = self._pool.take(spec.slot, shape)
             warm = box is not None
             if box is None:
-                box = await self._spawn(shape, spec.slot)
+                box = await self._spawn(shape, spec.slot, limits=_cgroup_limits(spec.limits))
         except BaseException:
             for fd in passed:
                 os.close(fd)
@@ -333,6 +335,7 @@ class _Box:
         self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._discarded = False
         self.owner: set[_Box] | None = None  # the pool's set while it is the pool's
+        self.limits = SETUP_LIMITS  # what its cgroup says now
 
     def on_setup_message(self, message: dict) -> None:
         if message.get("kind") == "STARTED" and not self.started.done():
@@ -470,6 +473,13 @@ class _WarmPool:
             box.discard_now()
 
 
+def _cgroup_limits(limits: BoxLimits) -> cg.CgroupLimits:
+    """A job's box cgroup: the program's memory limit plus the setup's headroom (narrowed
+    to the limit at the program's execve), its processes and CPU share."""
+    return cg.CgroupLimits(limits.memory_bytes + SETUP_HEADROOM_BYTES, limits.processes,
+                           limits.cpu_share)
+
+
 async def _destroy(box: cg.Cgroup) -> None:
     """Kill every process of the box and remove its cgroup. A box discarded before its
     D joined the cgroup may join it meanwhile: it is killed on the next round."""
@@ -559,8 +569,10 @@ class _BoxRun:
         lim = self.limits
         trees: list[int] = []
         try:
-            self.box.set_limits(cg.CgroupLimits(lim.memory_bytes + SETUP_HEADROOM_BYTES,
-                                                lim.processes, lim.cpu_share))
+            wanted = _cgroup_limits(lim)
+            if self.owner.limits != wanted:  # a warm box: still the setup's
+                self.box.set_limits(wanted)
+                self.owner.limits = wanted
             for bind in self.late:
                 trees.append(_libc.detached_bind(
                     bind.source, mounts.RW_FLAGS if bind.writable else mounts.RO_FLAGS))
