@@ -128,7 +128,8 @@ class Submission:
 
     def input_bytes(self) -> int:
         """What the job holds until it has run: source, stdin and expected output (of
-        every test), as UTF-8 (the unit of the API's limits and of the queue's budget)."""
+        every test), in bytes, text as UTF-8 (the unit of the API's limits and of the
+        queue's budget)."""
         size = utf8_size(self.source) + len(self.stdin) + len(self.expected_output or b"")
         size += utf8_size(self.checker_source or "")
         size += utf8_size(self.interactor_source or "")
