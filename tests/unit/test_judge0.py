@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 import pytest
 from judge0 import base_types as sdk_types  # the official SDK (test extra)
 from judge0 import data as sdk_data
@@ -277,6 +278,16 @@ async def test_base64_carries_any_bytes_in_and_out(env: Env) -> None:
         env, "GET", f"/submissions/batch?tokens={tokens}&base64_encoded=true&fields=stdout")
     assert [base64.b64decode(item["stdout"]) for item in shown_batch["submissions"]] == [
         ARBITRARY, b"\x81"]
+
+
+def test_the_callback_carries_the_exact_bytes() -> None:
+    result = Result(status=Status.RUNTIME_ERROR, exit_code=1, stdout="\ufffd",
+                    exact_stdout=b"\xff", stderr="\ufffd(", exact_stderr=b"\xc3(",
+                    compile_output="ok \ufffd", exact_compile_output=b"ok \x80")
+    body = orjson.loads(judge0.callback_body("ab" * 16, result))
+    assert [base64.b64decode(body[name]) for name in judge0.OUTPUT_FIELDS] == [
+        b"\xff", b"\xc3(", b"ok \x80"]
+    assert base64.b64decode(body["message"]) == b"Exited with error status 1"
 
 
 async def test_wait_past_the_cap_shows_in_queue(env: Env) -> None:
