@@ -277,7 +277,7 @@ async def test_an_interactor_box_that_cannot_start_is_an_internal_error(runner, 
         try:
             workspace.write_file(lang.source, submission.source.encode())
             result = await run_pair(runner, lang, submission, LIMITS, slot,
-                                    workspace.binds_for_next_step(), "5", None, None, broken)
+                                    workspace.binds_for_next_step(), b"5", None, None, broken)
         finally:
             workspace.destroy()
     assert result.status is Status.INTERNAL_ERROR, describe(result)

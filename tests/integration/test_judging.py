@@ -157,7 +157,8 @@ DIVIDE_PY = "a, b = map(int, input().split())\nprint(f'{a / b:.7f}')\n"
 ])
 async def test_checkers_judge_a_real_run(runner, checker, expected, status):
     result = await judge(runner, "python3", DIVIDE_PY,
-                         [JudgeCase(stdin=b"1 3", expected_output=expected)], checker=checker)
+                         [JudgeCase(stdin=b"1 3", expected_output=expected.encode())],
+                         checker=checker)
     assert result.status is status, describe(result)
 
 
