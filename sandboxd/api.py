@@ -38,7 +38,7 @@ from sandboxd.model import (
     Submission,
     utf8_size,
 )
-from sandboxd.outputs import shortest_match_size
+from sandboxd.outputs import as_text, shortest_match_size
 from sandboxd.service import QueueFull, ResultExpired, Stats, Unavailable
 
 log = logging.getLogger(__name__)
@@ -267,7 +267,7 @@ class SubmissionParser:
                              f"source, files, command_line_arguments and {helper} are "
                              f"{program_bytes} bytes together, over the maximum of "
                              f"{config.server.max_source_bytes} bytes (server.max_source_bytes)")
-        stdin = _string(data, "stdin", default="")
+        stdin = _data(data, "stdin")
         _check_size("stdin", stdin, config.server.max_stdin_bytes, "server.max_stdin_bytes")
         # An interactor reads the expected output as a file: no output limit bounds it.
         compared_as = CUSTOM_CHECKER if interactor_source is not None else checker
@@ -429,7 +429,7 @@ class SubmissionParser:
                 case = self._test(item, checker, wall_explicit)
             except FieldError as e:
                 raise e.within(f"tests[{index}]") from None
-            total += utf8_size(case.stdin) + utf8_size(case.expected_output or "")
+            total += len(case.stdin) + len(case.expected_output or b"")
             cases.append(case)
         if total > config.server.max_stdin_bytes:
             raise FieldError(413, "tests", f"{total} bytes of stdin and expected output, over "
@@ -444,7 +444,7 @@ class SubmissionParser:
         if unknown:
             raise FieldError(400, None, f"unknown field(s): {', '.join(n[:100] for n in unknown)}"
                                         f" (a test has {', '.join(sorted(TEST_FIELDS))})")
-        stdin = _string(item, "stdin", default="")
+        stdin = _data(item, "stdin")
         expected = _expected_output(item, checker, self._config.sandbox.output_limit_bytes)
         limits = self._config.limits
         time_ms = wall_ms = None
@@ -562,30 +562,30 @@ def _arguments(data: dict[str, Any], name: str) -> tuple[str, ...]:
     return tuple(items)
 
 
-def _check_size(name: str, value: str, maximum: int, setting: str) -> None:
-    size = utf8_size(value)
+def _check_size(name: str, value: str | bytes, maximum: int, setting: str) -> None:
+    size = len(value) if isinstance(value, bytes) else utf8_size(value)
     if size > maximum:
         raise FieldError(413, name, f"{size} bytes, over the maximum of {maximum} bytes "
                                     f"({setting})")
 
 
-def _expected_output(data: dict[str, Any], checker: str, output_limit: int) -> str | None:
-    """`expected_output` of a submission or a test: absent/null, or a string that some
-    output within the output limit could match."""
-    expected = data.get("expected_output")
-    if expected is not None and not isinstance(expected, str):
-        raise FieldError(400, "expected_output",
-                         f"must be a string or null, not {json_type(expected)}")
-    if expected is not None:
-        _check_expected_output("expected_output", expected, checker, output_limit)
+def _expected_output(data: dict[str, Any], checker: str, output_limit: int) -> bytes | None:
+    """`expected_output` of a submission or a test: absent/null, or a string (bytes
+    from the Judge0 API, see `_data`) that some output within the output limit could
+    match."""
+    if data.get("expected_output") is None:
+        return None
+    expected = _data(data, "expected_output", "a string or null")
+    _check_expected_output("expected_output", expected, checker, output_limit)
     return expected
 
 
-def _check_expected_output(name: str, expected: str, checker: str, output_limit: int) -> None:
+def _check_expected_output(name: str, expected: bytes, checker: str,
+                           output_limit: int) -> None:
     # stdout is cut at the output limit (and the run is Output Limit Exceeded), so an
     # expected output longer than that, as compared, can never be matched: refuse the
     # request rather than run a job that cannot be Accepted.
-    size = shortest_match_size(checker, expected)
+    size = shortest_match_size(checker, as_text(expected))
     if size is not None and size > output_limit:
         raise FieldError(
             400, name,
@@ -609,6 +609,18 @@ def _string(data: dict[str, Any], name: str, default: str | None = None) -> str:
     if not isinstance(value, str):
         raise FieldError(400, name, f"must be a string, not {json_type(value)}")
     return value
+
+
+def _data(data: dict[str, Any], name: str, kind: str = "a string") -> bytes:
+    """A program's input (`stdin`, `expected_output`) as the bytes it is: a JSON
+    string's UTF-8; or bytes as they are, which only the Judge0 API hands over (its
+    base64 decoded, any bytes at all: JSON itself cannot carry them). Absent: empty."""
+    value = data.get(name, "")
+    if isinstance(value, bytes):
+        return value
+    if not isinstance(value, str):
+        raise FieldError(400, name, f"must be {kind}, not {json_type(value)}")
+    return value.encode()
 
 
 def _boolean(data: dict[str, Any], name: str, default: bool) -> bool:

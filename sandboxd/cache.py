@@ -26,7 +26,8 @@ from sandboxd.model import Result, Status, Submission
 # where the result is POSTed, and whether the cache may be used.
 NOT_IN_KEY = frozenset({"callback_url", "callback_format", "cache"})
 # Changing the encoding changes every key: old entries simply stop matching.
-KEY_VERSION = b"sandboxd result cache v1\0"
+# v2: stdin and expected output are bytes (base64 in the encoding), no longer text.
+KEY_VERSION = b"sandboxd result cache v2\0"
 
 
 def cache_key(submission: Submission) -> str:

@@ -134,7 +134,7 @@ def decide_pair(solution: Status, solution_signal: int | None, interactor: Inter
 
 
 async def run_pair(runner: Runner, lang: Language, submission: Submission, limits: Limits,
-                   slot: int, binds: tuple[Bind, ...], stdin: str, expected: str | None,
+                   slot: int, binds: tuple[Bind, ...], stdin: bytes, expected: bytes | None,
                    compiled: JailOutcome | None, interactor: Interactor) -> Result:
     """Run the solution (`binds`: its /box and scratch dirs) against the interactor,
     the test's `stdin` and `expected` given to the interactor as files; the verdict."""
@@ -142,9 +142,9 @@ async def run_pair(runner: Runner, lang: Language, submission: Submission, limit
     try:
         interactor_binds = tuple(b for b in scratch.binds_for_next_step() if b.target != "/box")
         [tmp] = [b.source for b in interactor_binds if b.target == "/tmp"]
-        files = [("input.txt", stdin.encode())]
+        files = [("input.txt", stdin)]
         if expected is not None:
-            files.append(("expected.txt", expected.encode()))
+            files.append(("expected.txt", expected))
         for name, content in files:
             write_new_file(os.path.join(tmp, name), content)
         args = INTERACTOR_ARGS if expected is not None else INTERACTOR_ARGS[:2]
@@ -175,7 +175,7 @@ async def run_pair(runner: Runner, lang: Language, submission: Submission, limit
     # no stdout: it was the protocol, and the interactor read it.
     run_fields = to_result(Status.ACCEPTED, compiled, ran)
     return dataclasses.replace(
-        run_fields, status=status, stdout="",
+        run_fields, status=status, stdout="", exact_stdout=None,
         message=verdict.failure if status is Status.INTERNAL_ERROR else None,
         extra={**run_fields.extra, "interactor_message": verdict.stderr})
 

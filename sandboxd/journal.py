@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Jobs in acceptance order (`seq`). A job's row goes queued -> running -> finished (and
 # back to queued when a shutdown cut it short); `attempts` counts its starts, so a job
@@ -84,6 +84,11 @@ _MIGRATE_V1_TO_V2 = """
 ALTER TABLE deliveries ADD COLUMN method TEXT NOT NULL DEFAULT 'POST'
     CHECK (method IN ('POST', 'PUT'))
 """
+
+# Version 3: a stored submission's `stdin` and `expected_output` (its tests' too) are
+# bytes, base64 (any bytes, not only UTF-8 text: see SUBMISSION_FORMAT), where version
+# 2 kept them as JSON strings. The migration rewrites the queued jobs' submissions; the
+# version tells an older release, which would read base64 as the text, to keep off.
 
 ID_KEY_NAME = "id_key"
 
@@ -137,12 +142,55 @@ def decode_result(data: bytes) -> Result:
     return from_plain(Result, orjson.loads(data))
 
 
+# A stored submission says how it holds its program's input: format 2 (this release),
+# `stdin` and `expected_output` as base64 bytes; none (older releases), as JSON strings.
+# The Redis backend's streams keep submissions of both kinds until they are worked off.
+FORMAT_KEY = "format"
+SUBMISSION_FORMAT = 2
+_INPUT_FIELDS = ("stdin", "expected_output")
+
+
 def encode_submission(submission: Submission) -> bytes:
-    return orjson.dumps(to_plain(submission))
+    return orjson.dumps({FORMAT_KEY: SUBMISSION_FORMAT, **to_plain(submission)})
 
 
 def decode_submission(data: bytes) -> Submission:
-    return from_plain(Submission, orjson.loads(data))
+    plain = orjson.loads(data)
+    if not isinstance(plain, dict):
+        raise DecodeError("Submission: expected an object")
+    stored_format = plain.pop(FORMAT_KEY, None)
+    if stored_format is None:
+        plain = _text_inputs_as_base64(plain)
+    elif stored_format != SUBMISSION_FORMAT:
+        raise DecodeError(f"Submission: format {stored_format!r}, not this release's "
+                          f"{SUBMISSION_FORMAT}: written by a newer sandboxd")
+    return from_plain(Submission, plain)
+
+
+def _text_inputs_as_base64(plain: dict[str, Any]) -> dict[str, Any]:
+    """A submission stored before format 2 (its inputs JSON strings) in today's shape."""
+    def upgraded(fields: dict[str, Any]) -> dict[str, Any]:
+        fields = dict(fields)
+        for name in _INPUT_FIELDS:
+            if isinstance(fields.get(name), str):
+                fields[name] = to_plain(fields[name].encode())
+        return fields
+
+    plain = upgraded(plain)
+    if isinstance(plain.get("tests"), list):
+        plain["tests"] = [upgraded(case) if isinstance(case, dict) else case
+                          for case in plain["tests"]]
+    return plain
+
+
+def _migrate_v2_to_v3(conn: sqlite3.Connection) -> None:
+    rows = conn.execute("SELECT seq, submission FROM jobs WHERE submission IS NOT NULL")
+    for seq, data in rows.fetchall():
+        try:
+            upgraded = encode_submission(decode_submission(data))
+        except (DecodeError, orjson.JSONDecodeError):
+            continue  # damaged: left as it is, and load() reports it as before
+        conn.execute("UPDATE jobs SET submission = ? WHERE seq = ?", (upgraded, seq))
 
 
 class _Op:
@@ -283,6 +331,9 @@ class Journal:
         if version == 1:
             conn.execute(_MIGRATE_V1_TO_V2)
             version = 2
+        if version == 2:
+            _migrate_v2_to_v3(conn)
+            version = 3
         conn.execute(f"PRAGMA user_version = {version}")
         row = conn.execute("SELECT value FROM meta WHERE key = ?", (ID_KEY_NAME,)).fetchone()
         if row is None:

@@ -388,7 +388,9 @@ def _number(data: dict[str, Any], name: str) -> float | None:
     return float(value)
 
 
-def _text(data: dict[str, Any], name: str, encoded: bool) -> str | None:
+def _input(data: dict[str, Any], name: str, encoded: bool) -> str | bytes | None:
+    """A text field as given: its string, or with ?base64_encoded=true its bytes, any
+    bytes at all (the native parser takes both: api._data)."""
     value = data.get(name)
     if value is None:
         return None
@@ -397,14 +399,22 @@ def _text(data: dict[str, Any], name: str, encoded: bool) -> str | None:
     if not encoded:
         return value
     try:
-        raw = base64.b64decode(value.replace("\n", "").replace("\r", ""), validate=True)
+        return base64.b64decode(value.replace("\n", "").replace("\r", ""), validate=True)
     except (binascii.Error, ValueError):
         raise field_error(name, "must be base64 (?base64_encoded=true)") from None
+
+
+def _text(data: dict[str, Any], name: str, encoded: bool) -> str | None:
+    """A field that must be text whatever the encoding (the source code: a compiler
+    reads it as UTF-8)."""
+    value = _input(data, name, encoded)
+    if not isinstance(value, bytes):
+        return value
     try:
-        return raw.decode("utf-8")
+        return value.decode("utf-8")
     except UnicodeDecodeError as e:
         raise field_error(name, f"decodes to bytes that are not UTF-8 (byte {e.start}); "
-                                "sandboxd runs programs on text input") from None
+                                "source code must be UTF-8 text") from None
 
 
 def _words(data: dict[str, Any], name: str) -> list[str]:
@@ -481,7 +491,7 @@ class Judge0Parser:
         native: dict[str, Any] = {
             "language": language,
             "source": source,
-            "stdin": _text(data, "stdin", encoded) or "",
+            "stdin": _input(data, "stdin", encoded) or "",
             "time_limit_ms": _seconds_to_ms(data, "cpu_time_limit", limits.time_limit_ms,
                                             DEFAULT_CPU_TIME_LIMIT_S),
             "wall_time_limit_ms": _seconds_to_ms(data, "wall_time_limit",
@@ -489,7 +499,7 @@ class Judge0Parser:
                                                  DEFAULT_WALL_TIME_LIMIT_S),
             "memory_limit_mb": _kb_to_mb(data, "memory_limit", limits.memory_limit_mb),
         }
-        expected = _text(data, "expected_output", encoded)
+        expected = _input(data, "expected_output", encoded)
         if expected is not None:
             native["expected_output"] = expected
         for name in ("compiler_options", "command_line_arguments"):
@@ -566,6 +576,10 @@ def _message(result: Result) -> str | None:
     return None
 
 
+def _base64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
 def _seconds(ms: int | None) -> str | None:
     # Judge0 shows times as decimal strings of seconds ("0.002").
     return None if ms is None else f"{ms / 1000:.3f}"
@@ -587,9 +601,12 @@ def render(job_id: str, result: Result, fields: tuple[str, ...], encoded: bool) 
         "memory": result.memory_kb,
     }
     if encoded:
-        for name in (*OUTPUT_FIELDS, "message"):
+        # The outputs' exact bytes, also where they are not UTF-8 (the text shows U+FFFD).
+        for name in OUTPUT_FIELDS:
             if values[name] is not None:
-                values[name] = base64.b64encode(values[name].encode()).decode("ascii")
+                values[name] = _base64(result.output_bytes(name))
+        if values["message"] is not None:
+            values["message"] = _base64(values["message"].encode())
     return {name: values[name] for name in fields}
 
 

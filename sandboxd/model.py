@@ -44,6 +44,19 @@ class Limits:
     memory_limit_mb: int
 
 
+# The outputs a Result shows as text and keeps as exact bytes (Result.output_bytes).
+OUTPUT_NAMES = ("stdout", "stderr", "compile_output")
+
+
+def decode_output(data: bytes) -> tuple[str, bytes | None]:
+    """A program's output as a Result keeps it: its text (invalid UTF-8 shown as
+    U+FFFD, never an error) and, only when that text is not exact, the bytes."""
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return data.decode("utf-8", errors="replace"), bytes(data)
+
+
 def utf8_size(text: str) -> int:
     """len(text.encode()), without the copy for ASCII text (isascii() is O(1))."""
     return len(text) if text.isascii() else len(text.encode())
@@ -60,10 +73,12 @@ DEFAULT_CHECKER_EPSILON = 1e-6
 
 @dataclass(frozen=True)
 class JudgeCase:
-    """One test of a multi-test submission: its input, and what its output must match."""
+    """One test of a multi-test submission: its input, and what its output must match
+    (bytes, exactly as given: the native API's text as UTF-8, the Judge0 API's base64
+    decoded, whatever the bytes)."""
 
-    stdin: str = ""
-    expected_output: str | None = None
+    stdin: bytes = b""
+    expected_output: bytes | None = None
     time_limit_ms: int | None = None  # None: the submission's time limit
     wall_time_limit_ms: int | None = None  # None: the submission's (or derived from the above)
 
@@ -82,8 +97,9 @@ class Submission:
     language: str
     source: str
     limits: Limits
-    stdin: str = ""
-    expected_output: str | None = None
+    # Bytes, exactly as given (JudgeCase): a program may read input that is not UTF-8.
+    stdin: bytes = b""
+    expected_output: bytes | None = None
     # The final result is POSTed here (webhooks.py); only hosts on the allow-list.
     callback_url: str | None = None
     # What is sent there, and how: set by the API the submission came through.
@@ -112,22 +128,28 @@ class Submission:
 
     def input_bytes(self) -> int:
         """What the job holds until it has run: source, stdin and expected output (of
-        every test), as UTF-8 (the unit of the API's limits and of the queue's budget)."""
-        expected = self.expected_output or ""
-        size = utf8_size(self.source) + utf8_size(self.stdin) + utf8_size(expected)
+        every test), in bytes, text as UTF-8 (the unit of the API's limits and of the
+        queue's budget)."""
+        size = utf8_size(self.source) + len(self.stdin) + len(self.expected_output or b"")
         size += utf8_size(self.checker_source or "")
         size += utf8_size(self.interactor_source or "")
         size += sum(len(f.content) for f in self.files)
         size += sum(utf8_size(a) for a in self.command_line_arguments)
         size += sum(utf8_size(a) for a in self.compiler_options)
         for case in self.tests or ():
-            size += utf8_size(case.stdin) + utf8_size(case.expected_output or "")
+            size += len(case.stdin) + len(case.expected_output or b"")
         return size
 
 
 @dataclass(frozen=True)
 class Result:
-    """The final (or pending) state of a submission, shaped like SPEC's JSON."""
+    """The final (or pending) state of a submission, shaped like the native API's JSON.
+
+    `stdout`, `stderr` and `compile_output` are text: the program's bytes decoded as
+    UTF-8, an invalid sequence shown as U+FFFD. Only when that replacement lost
+    something do the `exact_*` fields keep the bytes as the program wrote them (the
+    Judge0 API's base64 shows those); None: the text's UTF-8 is the exact output.
+    """
 
     status: Status
     stdout: str = ""
@@ -143,6 +165,16 @@ class Result:
     # Served from the result cache, not run for this submission.
     cached: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    exact_stdout: bytes | None = None
+    exact_stderr: bytes | None = None
+    exact_compile_output: bytes | None = None
+
+    def output_bytes(self, name: str) -> bytes:
+        """The exact bytes of the output `name` (stdout, stderr or compile_output)."""
+        if name not in OUTPUT_NAMES:
+            raise ValueError(f"not an output: {name!r}")
+        exact: bytes | None = getattr(self, f"exact_{name}")
+        return exact if exact is not None else str(getattr(self, name)).encode()
 
     def to_json(self, submission_id: str) -> dict[str, Any]:
         body: dict[str, Any] = {

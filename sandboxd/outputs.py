@@ -1,5 +1,10 @@
 """How a program's output is compared with the expected output: pure text, no I/O.
 
+Outputs and expected outputs are bytes; `as_text` turns them into the text compared
+here without losing any: valid UTF-8 is its characters, any other byte a lone
+surrogate that equals only itself (so bytes that are not UTF-8 match only the same
+bytes, and are never whitespace or part of a number).
+
 One rule, used by the verdict (Accepted or Wrong Answer) and by the API (an expected
 output that no output within the output limit could match is refused up front).
 """
@@ -12,6 +17,16 @@ import re
 # U+FEFF at the start of a text: an editor's byte order mark, not content.
 BOM = "\ufeff"
 _TRAILING = " \t\r"
+
+
+def as_text(data: bytes) -> str:
+    """`data` as text to compare, losslessly (surrogateescape): see the module's doc."""
+    return data.decode("utf-8", errors="surrogateescape")
+
+
+def _size(text: str) -> int:
+    # The bytes `text` came from (as_text is reversible).
+    return len(text.encode("utf-8", errors="surrogateescape"))
 
 
 def _normalized_lines(text: str) -> list[str]:
@@ -87,13 +102,13 @@ def check_output(checker: str, actual: str, expected: str, epsilon: float) -> bo
 
 
 def shortest_match_size(checker: str, expected: str) -> int | None:
-    """The UTF-8 size of the shortest output `checker` could accept for `expected`,
+    """The size in bytes of the shortest output `checker` could accept for `expected`,
     or None when there is no useful bound (`float`: 0.3333333333 may be written 0.3)."""
     expected = expected.removeprefix(BOM)
     if checker == "exact":
-        return len(expected.encode())
+        return _size(expected)
     if checker in ("lines", "unordered-lines"):
-        return len(comparable_expected(expected).encode())
+        return _size(comparable_expected(expected))
     if checker == "tokens":
-        return len(" ".join(expected.split()).encode())
+        return _size(" ".join(expected.split()))
     return None

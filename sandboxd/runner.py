@@ -286,8 +286,8 @@ class Runner:
         return lang, Bind(str(workspace.path / "box"), "/box", writable=False)
 
     async def _judge(self, lang: Language, submission: Submission,
-                     compiled: JailOutcome | None, ran: JailOutcome, stdin: str,
-                     expected_output: str | None, slot: int,
+                     compiled: JailOutcome | None, ran: JailOutcome, stdin: bytes,
+                     expected_output: bytes | None, slot: int,
                      checker: _Checker | None) -> Result:
         """The verdict of one run: the table of verdict.py, then (a run that ended
         cleanly, with a custom checker) the checker's."""
@@ -300,14 +300,14 @@ class Runner:
         if status is not Status.ACCEPTED:
             return result
         verdict, message = await self._run_checker(checker, slot, stdin, ran.stdout,
-                                                   expected_output or "")
+                                                   expected_output or b"")
         if verdict is Status.INTERNAL_ERROR:
             return dataclasses.replace(result, status=verdict, message=message)
         return dataclasses.replace(result, status=verdict,
                                    extra={**result.extra, "checker_message": message})
 
-    async def _run_checker(self, checker: _Checker, slot: int, stdin: str, output: bytes,
-                           expected: str) -> tuple[Status, str]:
+    async def _run_checker(self, checker: _Checker, slot: int, stdin: bytes, output: bytes,
+                           expected: bytes) -> tuple[Status, str]:
         """Run the custom checker in a fresh box: argv[1..3] are the test's input, the
         program's output and the expected output, as files the daemon wrote into the
         box's new /tmp before it started. Exit 0: Accepted, 1: Wrong Answer; anything
@@ -318,8 +318,8 @@ class Runner:
             binds = tuple(b for b in scratch.binds_for_next_step() if b.target != "/box")
             [tmp] = [b.source for b in binds if b.target == "/tmp"]
             paths = []
-            for name, content in (("input.txt", stdin.encode()), ("output.txt", output),
-                                  ("expected.txt", expected.encode())):
+            for name, content in (("input.txt", stdin), ("output.txt", output),
+                                  ("expected.txt", expected)):
                 write_new_file(os.path.join(tmp, name), content)
                 paths.append(f"/tmp/{name}")
             lang = checker.language
@@ -396,12 +396,12 @@ class Runner:
         return dataclasses.replace(overall, extra={**overall.extra, "tests": entries})
 
     async def _run_step(self, lang: Language, submission: Submission, limits: Limits,
-                        slot: int, binds: tuple[Bind, ...], stdin: str) -> JailOutcome:
+                        slot: int, binds: tuple[Bind, ...], stdin: bytes) -> JailOutcome:
         sizes = StepSizes.run(self.config, limits.memory_limit_mb)
         argv = lang.run_argv(sizes) + submission.command_line_arguments
         started = time.monotonic()
         ran = await self.sandbox.run(self._spec(
-            lang, argv, self._run_limits(lang, limits), slot, binds, stdin=stdin.encode()))
+            lang, argv, self._run_limits(lang, limits), slot, binds, stdin=stdin))
         self.observer.run_step(lang.id, time.monotonic() - started)
         return ran
 

@@ -20,8 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sandboxd.jail.spec import JailOutcome, Termination
-from sandboxd.model import DEFAULT_CHECKER, DEFAULT_CHECKER_EPSILON, Result, Status
-from sandboxd.outputs import check_output, outputs_match  # noqa: F401  (re-exported)
+from sandboxd.model import (
+    DEFAULT_CHECKER,
+    DEFAULT_CHECKER_EPSILON,
+    Result,
+    Status,
+    decode_output,
+)
+from sandboxd.outputs import as_text, check_output, outputs_match  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,7 @@ class Steps:
 
     compile: JailOutcome | None  # None: the language has no compile step
     run: JailOutcome | None  # None: the run step never happened (compile failed)
-    expected_output: str | None
+    expected_output: bytes | None
     out_of_memory: OutOfMemory | None = None  # the language's runtime OOM signature
     checker: str = DEFAULT_CHECKER  # how stdout is compared (outputs.check_output)
     checker_epsilon: float = DEFAULT_CHECKER_EPSILON
@@ -109,8 +115,10 @@ def _crashed(o: JailOutcome) -> bool:
 
 def _wrong_answer(s: Steps) -> bool:
     assert s.run is not None
+    # Both sides as lossless text (outputs.as_text): bytes that are not UTF-8 match
+    # only the same bytes.
     return s.expected_output is not None and not check_output(
-        s.checker, decode(s.run.stdout), s.expected_output, s.checker_epsilon
+        s.checker, as_text(s.run.stdout), as_text(s.expected_output), s.checker_epsilon
     )
 
 
@@ -140,7 +148,7 @@ PRECEDENCE: tuple[tuple[Predicate, Status], ...] = (
 def decide(
     compile: JailOutcome | None,
     run: JailOutcome | None,
-    expected_output: str | None,
+    expected_output: bytes | None,
     out_of_memory: OutOfMemory | None = None,
     checker: str = DEFAULT_CHECKER,
     checker_epsilon: float = DEFAULT_CHECKER_EPSILON,
@@ -159,7 +167,7 @@ def decided_by_compile(compile: JailOutcome) -> Status | None:
 
 
 def decode(data: bytes) -> str:
-    # SPEC: output that is not valid UTF-8 is returned with U+FFFD, never an error.
+    # Output that is not valid UTF-8 is shown with U+FFFD, never an error.
     return data.decode("utf-8", errors="replace")
 
 
@@ -175,19 +183,27 @@ def internal_error_message(compile: JailOutcome | None, run: JailOutcome | None)
 COMPILE_OUTPUT_TRUNCATED = "[sandboxd: compile output truncated at the output limit]\n"
 
 
-def _compile_output(compile: JailOutcome | None) -> str:
+def _compile_output(compile: JailOutcome | None) -> tuple[str, bytes | None]:
+    """The compile step's output as text, and its exact bytes when the text is not
+    (Result.exact_compile_output)."""
     # Compile steps merge stderr into stdout to keep messages in order; append whatever
     # still came on stderr so nothing is lost.
     if compile is None:
-        return ""
-    text = decode(compile.stdout) + decode(compile.stderr)
+        return "", None
+    stdout, exact_stdout = decode_output(compile.stdout)
+    stderr, exact_stderr = decode_output(compile.stderr)
+    text = stdout + stderr
+    lossy = exact_stdout is not None or exact_stderr is not None
+    exact = compile.stdout + compile.stderr
     # Past the cap the jail drops the rest: say so, or the cut looks like the end.
     # A compiler stopped by a limit often printed nothing: say which limit, or the
     # user sees a Compile Error with no reason.
     notes = [note for hit, note in _compile_notes(compile) if hit]
     if notes:
-        text += ("" if not text or text.endswith("\n") else "\n") + "".join(notes)
-    return text
+        note = ("" if not text or text.endswith("\n") else "\n") + "".join(notes)
+        text += note
+        exact += note.encode()
+    return text, (exact if lossy else None)
 
 
 def _compile_notes(c: JailOutcome) -> tuple[tuple[bool, str], ...]:
@@ -200,21 +216,28 @@ def _compile_notes(c: JailOutcome) -> tuple[tuple[bool, str], ...]:
 
 def to_result(status: Status, compile: JailOutcome | None, run: JailOutcome | None) -> Result:
     """SPEC's result fields for a decided `status`; fields that do not apply are null."""
-    compile_output = _compile_output(compile)
+    compile_output, exact_compile_output = _compile_output(compile)
     if status is Status.INTERNAL_ERROR:
         return Result(
             status=status,
             compile_output=compile_output,
+            exact_compile_output=exact_compile_output,
             message=internal_error_message(compile, run),
         )
     if status is Status.COMPILE_ERROR:
-        return Result(status=status, compile_output=compile_output)
+        return Result(status=status, compile_output=compile_output,
+                      exact_compile_output=exact_compile_output)
     if run is None:
         raise ValueError(f"{status.value} needs a run outcome")
+    stdout, exact_stdout = decode_output(run.stdout)
+    stderr, exact_stderr = decode_output(run.stderr)
     return Result(
         status=status,
-        stdout=decode(run.stdout),
-        stderr=decode(run.stderr),
+        stdout=stdout,
+        stderr=stderr,
+        exact_stdout=exact_stdout,
+        exact_stderr=exact_stderr,
+        exact_compile_output=exact_compile_output,
         # SPEC: a program killed by a signal has exit_code null and signal set.
         exit_code=None if run.signal is not None else run.exit_code,
         signal=run.signal,

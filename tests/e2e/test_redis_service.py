@@ -8,11 +8,12 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as redis
 
-from sandboxd.model import CallbackFormat, Status
+from sandboxd.model import CallbackFormat, Status, Submission
 from sandboxd.redis_backend import GROUP, RedisService, RedisStartupError, connect
 from sandboxd.service import JournalUnavailable, QueueFull, ResultExpired
 from tests.e2e.conftest import free_port
@@ -144,7 +145,7 @@ async def test_a_dead_consumers_job_is_claimed_and_given_up_after_max_attempts(
     await client.aclose()
 
 
-async def _service_less_submit(url: str, job: object) -> str:
+async def _service_less_submit(url: str, job: object) -> Any:
     """Submitted through a service that never runs a job (no free worker ever)."""
     hold = asyncio.Event()
     service = RedisService(FakeRunner(hold), await connect(url), workers=1, queue_size=100,
@@ -153,6 +154,8 @@ async def _service_less_submit(url: str, job: object) -> str:
     await service.start()
     await service._slots.acquire()  # noqa: SLF001 - its one worker taken: it reads nothing
     try:
+        if isinstance(job, list):  # several at once
+            return await service.submit_many(job)
         return await service.submit(job)  # type: ignore[arg-type]
     finally:
         await service.stop(0)
@@ -290,3 +293,38 @@ async def test_a_job_run_on_two_hosts_keeps_the_first_result_and_calls_back_once
     client = redis.Redis.from_url(redis_server.url)
     assert await client.xlen("sandboxd:jobs") == 0
     await client.aclose()
+
+
+async def test_a_job_queued_by_the_previous_release_runs_on_its_text_input(
+        redis_server, services, monkeypatch) -> None:
+    """The previous release wrote stdin and expected_output as JSON strings into the
+    stream; this one reads them as that text's UTF-8 bytes (journal.decode_submission),
+    and writes its own as base64 bytes, whatever the bytes."""
+    import orjson
+
+    from sandboxd import redis_backend
+    from sandboxd.codec import to_plain
+
+    this_release = redis_backend.encode_submission
+
+    def both_releases(job: Submission) -> bytes:
+        """The job "old" as the previous release wrote it, any other as this one does."""
+        if job.source != "old":
+            return this_release(job)
+        plain = to_plain(job)
+        plain.update(stdin=job.stdin.decode(), expected_output=(job.expected_output or b"")
+                     .decode())
+        return orjson.dumps(plain)
+
+    monkeypatch.setattr(redis_backend, "encode_submission", both_releases)
+    old_id, new_id = await _service_less_submit(redis_server.url, [
+        submission("old", stdin="é\n".encode(), expected_output=b"ok", cache=False),
+        submission("new", stdin=b"\xff\x00\xfe", cache=False)])
+    monkeypatch.undo()
+    runner = FakeRunner()
+    service = await _service(services, redis_server.url, runner)
+    assert (await service.wait(old_id, BOUND_S)).status is Status.ACCEPTED
+    assert (await service.wait(new_id, BOUND_S)).status is Status.ACCEPTED
+    started = {s.source: s for s in runner.started}
+    assert (started["old"].stdin, started["old"].expected_output) == ("é\n".encode(), b"ok")
+    assert started["new"].stdin == b"\xff\x00\xfe"

@@ -57,18 +57,26 @@ def runner(sandbox: Sandbox, registry: languages.Registry, config) -> Runner:
     return Runner(sandbox, registry, config)
 
 
+def as_bytes(text: str | bytes) -> bytes:
+    """A test's input as the model holds it (bytes); text as UTF-8, as the API takes it."""
+    return text.encode() if isinstance(text, str) else text
+
+
 @pytest.fixture
 def execute(runner: Runner):
     """`await execute(language, source, stdin=..., time_limit_ms=..., ...)` -> Result."""
 
-    async def run(language: str, source: str, stdin: str = "", *, time_limit_ms: int = 2000,
-                  wall_time_limit_ms: int | None = None, memory_limit_mb: int = 256,
-                  expected_output: str | None = None) -> Result:
+    async def run(language: str, source: str, stdin: str | bytes = "", *,
+                  time_limit_ms: int = 2000, wall_time_limit_ms: int | None = None,
+                  memory_limit_mb: int = 256, expected_output: str | bytes | None = None
+                  ) -> Result:
         limits = Limits(time_limit_ms=time_limit_ms,
                         wall_time_limit_ms=wall_time_limit_ms or 2 * time_limit_ms + 1000,
                         memory_limit_mb=memory_limit_mb)
         return await runner.run(Submission(language=language, source=source, limits=limits,
-                                           stdin=stdin, expected_output=expected_output))
+                                           stdin=as_bytes(stdin),
+                                           expected_output=None if expected_output is None
+                                           else as_bytes(expected_output)))
 
     return run
 

@@ -44,7 +44,7 @@ def counted(runner: Runner) -> tuple[Runner, Counter]:
 
 
 def submission(language: str, source: str, stdin: str = "", **fields: object) -> Submission:
-    return Submission(language=language, source=source, limits=LIMITS, stdin=stdin,
+    return Submission(language=language, source=source, limits=LIMITS, stdin=stdin.encode(),
                       **fields)  # type: ignore[arg-type]
 
 
@@ -72,7 +72,7 @@ async def test_cpp_resubmitted_compiles_once_and_says_the_same(counted):
 
 async def test_tests_mode_resubmitted_skips_the_compile(counted):
     runner, counter = counted
-    tests = tuple(JudgeCase(stdin=f"{n} {n}\n", expected_output=f"{2 * n}\n")
+    tests = tuple(JudgeCase(stdin=f"{n} {n}\n".encode(), expected_output=f"{2 * n}\n".encode())
                   for n in range(3))
     first = await runner.run(submission("cpp", SUM_CPP, tests=tests))
     second = await runner.run(submission("cpp", SUM_CPP, tests=tests))
@@ -252,7 +252,7 @@ int main(int argc, char **argv) {
 """
     def judged(stdin: str, expected: str) -> Submission:
         return submission("python3", "print(sum(map(int, input().split())))", stdin,
-                          expected_output=expected, checker="custom",
+                          expected_output=expected.encode(), checker="custom",
                           checker_source=checker, checker_language="c")
 
     right = await runner.run(judged("1 2", "3"))

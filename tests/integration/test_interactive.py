@@ -113,7 +113,7 @@ async def play(runner: Runner, solution: str, stdin: str = "777777 30", *,
                interactor: str = GUESSING_INTERACTOR, interactor_language: str = "python3",
                tests: list[JudgeCase] | None = None, limits: Limits = LIMITS,
                **options: object) -> Result:
-    submission = Submission(language="c", source=solution, limits=limits, stdin=stdin,
+    submission = Submission(language="c", source=solution, limits=limits, stdin=stdin.encode(),
                             tests=tuple(tests) if tests is not None else None,
                             interactor_source=interactor,
                             interactor_language=interactor_language,
@@ -189,7 +189,7 @@ async def test_an_interactor_that_fails_is_an_internal_error(runner, ending, why
 
 
 async def test_an_interactor_that_does_not_compile_is_an_internal_error(runner):
-    tests = [JudgeCase(stdin="1 30"), JudgeCase(stdin="2 30")]
+    tests = [JudgeCase(stdin=b"1 30"), JudgeCase(stdin=b"2 30")]
     result = await play(runner, BINARY_SEARCH, interactor="int main( { return 0; }",
                         interactor_language="c", tests=tests)
     assert result.status is Status.INTERNAL_ERROR, describe(result)
@@ -214,8 +214,8 @@ int main(int argc, char **argv) {
 }
 """
     submission = Submission(language="python3", source="a, b = map(int, input().split())\n"
-                            "print(a + b)\n", limits=LIMITS, stdin="2 3",
-                            expected_output="5", interactor_source=interactor,
+                            "print(a + b)\n", limits=LIMITS, stdin=b"2 3",
+                            expected_output=b"5", interactor_source=interactor,
                             interactor_language="c")
     result = await runner.run(submission)
     assert result.status is Status.ACCEPTED, describe(result)
@@ -223,8 +223,8 @@ int main(int argc, char **argv) {
 
 
 async def test_tests_mode_runs_a_fresh_pair_per_test(runner):
-    tests = [JudgeCase(stdin="1 30"), JudgeCase(stdin="1000000 30"),
-             JudgeCase(stdin="424242 30")]
+    tests = [JudgeCase(stdin=b"1 30"), JudgeCase(stdin=b"1000000 30"),
+             JudgeCase(stdin=b"424242 30")]
     result = await play(runner, BINARY_SEARCH, tests=tests)
     assert result.status is Status.ACCEPTED, describe(result)
     entries = result.extra["tests"]
@@ -234,7 +234,7 @@ async def test_tests_mode_runs_a_fresh_pair_per_test(runner):
 
 
 async def test_tests_mode_stops_at_the_first_failing_pair(runner):
-    tests = [JudgeCase(stdin="3 30"), JudgeCase(stdin="31 30"), JudgeCase(stdin="2 30")]
+    tests = [JudgeCase(stdin=b"3 30"), JudgeCase(stdin=b"31 30"), JudgeCase(stdin=b"2 30")]
     result = await play(runner, LINEAR_SEARCH, tests=tests)
     assert result.status is Status.WRONG_ANSWER, describe(result)
     assert [e["status"] for e in result.extra["tests"]] == [
@@ -277,7 +277,7 @@ async def test_an_interactor_box_that_cannot_start_is_an_internal_error(runner, 
         try:
             workspace.write_file(lang.source, submission.source.encode())
             result = await run_pair(runner, lang, submission, LIMITS, slot,
-                                    workspace.binds_for_next_step(), "5", None, None, broken)
+                                    workspace.binds_for_next_step(), b"5", None, None, broken)
         finally:
             workspace.destroy()
     assert result.status is Status.INTERNAL_ERROR, describe(result)

@@ -50,7 +50,8 @@ int main() { long long n; std::cin >> n; std::cout << n * n << "\\n"; }
 
 async def test_cpp_against_20_tests_compiles_once(counted):
     runner, counter = counted
-    tests = [JudgeCase(stdin=f"{n}\n", expected_output=f"{n * n}\n") for n in range(20)]
+    tests = [JudgeCase(stdin=f"{n}\n".encode(), expected_output=f"{n * n}\n".encode())
+             for n in range(20)]
     result = await judge(runner, "cpp", SQUARE_CPP, tests)
     assert result.status is Status.ACCEPTED, describe(result)
     entries = result.extra["tests"]
@@ -69,7 +70,8 @@ int main(void) { long long n; scanf("%lld", &n); printf("%lld\\n", n == 7 ? 0 : 
 
 async def test_failing_test_7_of_10_decides_and_the_rest_are_skipped(counted):
     runner, counter = counted
-    tests = [JudgeCase(stdin=f"{n}", expected_output=f"{n * n}\n") for n in range(1, 11)]
+    tests = [JudgeCase(stdin=f"{n}".encode(), expected_output=f"{n * n}\n".encode())
+             for n in range(1, 11)]
     result = await judge(runner, "c", SQUARE_BUT_7_C, tests)
     assert result.status is Status.WRONG_ANSWER, describe(result)
     assert result.stdout == "0\n"  # the deciding test's own output
@@ -79,7 +81,8 @@ async def test_failing_test_7_of_10_decides_and_the_rest_are_skipped(counted):
 
 
 async def test_without_stop_on_first_failure_every_test_runs(runner):
-    tests = [JudgeCase(stdin=f"{n}", expected_output=f"{n * n}\n") for n in range(1, 11)]
+    tests = [JudgeCase(stdin=f"{n}".encode(), expected_output=f"{n * n}\n".encode())
+             for n in range(1, 11)]
     result = await judge(runner, "c", SQUARE_BUT_7_C, tests, stop_on_first_failure=False)
     assert result.status is Status.WRONG_ANSWER, describe(result)
     statuses = [e["status"] for e in result.extra["tests"]]
@@ -88,9 +91,9 @@ async def test_without_stop_on_first_failure_every_test_runs(runner):
 
 async def test_per_test_time_limit_and_verdicts(runner):
     source = "import sys\nn = int(input())\nwhile n == 0: pass\nsys.exit(n - 1)\n"
-    tests = [JudgeCase(stdin="1", expected_output=""),
-             JudgeCase(stdin="0", time_limit_ms=200),
-             JudgeCase(stdin="4")]
+    tests = [JudgeCase(stdin=b"1", expected_output=b""),
+             JudgeCase(stdin=b"0", time_limit_ms=200),
+             JudgeCase(stdin=b"4")]
     result = await judge(runner, "python3", source, tests, stop_on_first_failure=False)
     assert result.status is Status.TIME_LIMIT_EXCEEDED, describe(result)
     entries = result.extra["tests"]
@@ -102,7 +105,7 @@ async def test_per_test_time_limit_and_verdicts(runner):
 async def test_compile_error_skips_every_test(counted):
     runner, counter = counted
     result = await judge(runner, "c", "int main(void) { return 0 }",
-                         [JudgeCase(stdin="1"), JudgeCase(stdin="2")])
+                         [JudgeCase(stdin=b"1"), JudgeCase(stdin=b"2")])
     assert result.status is Status.COMPILE_ERROR, describe(result)
     assert "error" in result.compile_output
     assert [e["status"] for e in result.extra["tests"]] == ["Skipped", "Skipped"]
@@ -133,8 +136,8 @@ int main(void) {
 
 
 async def test_a_test_cannot_change_the_program_or_leave_anything_for_the_next(runner):
-    tests = [JudgeCase(stdin="1", expected_output="0 0 0 1\n"),
-             JudgeCase(stdin="2", expected_output="0 0\n")]
+    tests = [JudgeCase(stdin=b"1", expected_output=b"0 0 0 1\n"),
+             JudgeCase(stdin=b"2", expected_output=b"0 0\n")]
     result = await judge(runner, "c", TAMPER_C, tests, stop_on_first_failure=False)
     # Test 1: /box is read-only (no unlink, no symlink, no file), its own /tmp writable.
     # Test 2: the original binary ran again, and neither file is there.
@@ -154,16 +157,17 @@ DIVIDE_PY = "a, b = map(int, input().split())\nprint(f'{a / b:.7f}')\n"
 ])
 async def test_checkers_judge_a_real_run(runner, checker, expected, status):
     result = await judge(runner, "python3", DIVIDE_PY,
-                         [JudgeCase(stdin="1 3", expected_output=expected)], checker=checker)
+                         [JudgeCase(stdin=b"1 3", expected_output=expected.encode())],
+                         checker=checker)
     assert result.status is status, describe(result)
 
 
 async def test_single_run_honours_the_checker(runner):
     submission = Submission(language="python3", source="print(3, 1, 2, sep='\\n')",
-                            limits=LIMITS, expected_output="1\n2\n3\n",
+                            limits=LIMITS, expected_output=b"1\n2\n3\n",
                             checker="unordered-lines")
     assert (await runner.run(submission)).status is Status.ACCEPTED
-    wrong = dataclasses.replace(submission, expected_output="1\n2\n4\n")
+    wrong = dataclasses.replace(submission, expected_output=b"1\n2\n4\n")
     assert (await runner.run(wrong)).status is Status.WRONG_ANSWER
 
 
@@ -171,8 +175,8 @@ async def test_single_run_honours_the_checker(runner):
 @pytest.mark.parametrize("language", LANGUAGE_IDS)
 async def test_every_language_runs_tests_over_a_read_only_box(runner, registry, language):
     lang = registry[language]
-    tests = [JudgeCase(stdin="19 23\n", expected_output="42\n"),
-             JudgeCase(stdin="1 2\n", expected_output="3\n")]
+    tests = [JudgeCase(stdin=b"19 23\n", expected_output=b"42\n"),
+             JudgeCase(stdin=b"1 2\n", expected_output=b"3\n")]
     result = await judge(runner, language, lang.test_program("sum"), tests)
     assert result.status is Status.ACCEPTED, describe(result)
 
@@ -199,11 +203,11 @@ async def test_files_are_present_for_compile_and_every_run_and_arguments_reach_a
              ExtraFile("data.bin", b"\x00\xff"))
     arguments = ("-x", "two words", "")
     result = await judge(runner, "c", WITH_FILES_C,
-                         [JudgeCase(stdin="3", expected_output="9 0 255 [-x] [two words] []\n"),
-                          JudgeCase(stdin="4", expected_output="16 0 255 [-x] [two words] []")],
+                         [JudgeCase(stdin=b"3", expected_output=b"9 0 255 [-x] [two words] []\n"),
+                          JudgeCase(stdin=b"4", expected_output=b"16 0 255 [-x] [two words] []")],
                          files=files, command_line_arguments=arguments)
     assert result.status is Status.ACCEPTED, describe(result)
-    single = Submission(language="c", source=WITH_FILES_C, limits=LIMITS, stdin="5",
+    single = Submission(language="c", source=WITH_FILES_C, limits=LIMITS, stdin=b"5",
                         files=files, command_line_arguments=arguments)
     ran = await runner.run(single)
     assert ran.stdout == "25 0 255 [-x] [two words] []\n", describe(ran)
@@ -211,7 +215,7 @@ async def test_files_are_present_for_compile_and_every_run_and_arguments_reach_a
 
 async def test_python_imports_a_module_given_as_a_file(runner):
     result = await judge(runner, "python3", "import helper\nprint(helper.twice(int(input())))",
-                         [JudgeCase(stdin="21", expected_output="42")],
+                         [JudgeCase(stdin=b"21", expected_output=b"42")],
                          files=(ExtraFile("helper.py", b"def twice(n):\n    return 2 * n\n"),))
     assert result.status is Status.ACCEPTED, describe(result)
 
@@ -253,9 +257,9 @@ def custom(checker: str = FACTORS_CHECKER_PY, language: str = "python3") -> dict
 
 
 async def test_a_python_custom_checker_judges_a_c_solution(runner):
-    tests = [JudgeCase(stdin="12", expected_output="3 4"),
-             JudgeCase(stdin="35", expected_output="5 7"),
-             JudgeCase(stdin="77", expected_output="7 11")]
+    tests = [JudgeCase(stdin=b"12", expected_output=b"3 4"),
+             JudgeCase(stdin=b"35", expected_output=b"5 7"),
+             JudgeCase(stdin=b"77", expected_output=b"7 11")]
     result = await judge(runner, "c", FACTORS_C, tests, stop_on_first_failure=False,
                          **custom())
     assert result.status is Status.WRONG_ANSWER, describe(result)
@@ -268,15 +272,15 @@ async def test_a_python_custom_checker_judges_a_c_solution(runner):
 
 
 async def test_a_custom_checker_on_a_single_run(runner):
-    submission = Submission(language="c", source=FACTORS_C, limits=LIMITS, stdin="15",
-                            expected_output="3 5", **custom())  # type: ignore[arg-type]
+    submission = Submission(language="c", source=FACTORS_C, limits=LIMITS, stdin=b"15",
+                            expected_output=b"3 5", **custom())  # type: ignore[arg-type]
     result = await runner.run(submission)
     assert result.status is Status.ACCEPTED, describe(result)
     assert result.extra["checker_message"] == "ok, expected was 3 5\n"
 
 
 async def test_the_checker_runs_only_after_a_clean_run(runner):
-    result = await judge(runner, "c", FACTORS_C, [JudgeCase(stdin="13")], **custom())
+    result = await judge(runner, "c", FACTORS_C, [JudgeCase(stdin=b"13")], **custom())
     assert result.status is Status.RUNTIME_ERROR, describe(result)  # 13 is prime: exit 1
 
 
@@ -288,7 +292,7 @@ async def test_the_checker_runs_only_after_a_clean_run(runner):
 ])
 async def test_a_checker_that_fails_is_an_internal_error_not_a_verdict(runner, checker,
                                                                       language, why):
-    result = await judge(runner, "c", FACTORS_C, [JudgeCase(stdin="12")],
+    result = await judge(runner, "c", FACTORS_C, [JudgeCase(stdin=b"12")],
                          **custom(checker, language))
     assert result.status is Status.INTERNAL_ERROR, describe(result)
     assert result.message is not None and result.message.startswith(
@@ -297,7 +301,7 @@ async def test_a_checker_that_fails_is_an_internal_error_not_a_verdict(runner, c
 
 async def test_a_checker_that_does_not_compile_fails_before_any_run(counted):
     runner, counter = counted
-    result = await judge(runner, "c", FACTORS_C, [JudgeCase(stdin="12"), JudgeCase(stdin="6")],
+    result = await judge(runner, "c", FACTORS_C, [JudgeCase(stdin=b"12"), JudgeCase(stdin=b"6")],
                          **custom("int main(void) { return 0 }", "c"))
     assert result.status is Status.INTERNAL_ERROR, describe(result)
     assert result.message is not None
@@ -331,9 +335,9 @@ async def test_per_test_output_kept_in_the_result_is_bounded(runner, monkeypatch
 
     monkeypatch.setattr(runner_module, "TESTS_OUTPUT_BUDGET_CHARS", 10)
     source = "import sys\nprint(input() * 4)\nprint('e', file=sys.stderr)"
-    tests = [JudgeCase(stdin="ab", expected_output="abababab"),
-             JudgeCase(stdin="cd", expected_output="cdcdcdcd"),
-             JudgeCase(stdin="ef", expected_output="efefefef")]
+    tests = [JudgeCase(stdin=b"ab", expected_output=b"abababab"),
+             JudgeCase(stdin=b"cd", expected_output=b"cdcdcdcd"),
+             JudgeCase(stdin=b"ef", expected_output=b"efefefef")]
     result = await judge(runner, "python3", source, tests)
     # Every verdict saw the whole output; the result keeps the first 10 characters.
     assert result.status is Status.ACCEPTED, describe(result)

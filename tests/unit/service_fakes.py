@@ -17,8 +17,8 @@ def submission(source: str = "ok", **fields: Any) -> Submission:
 
 
 def sized(source: str, stdin: str = "", expected: str | None = None) -> Submission:
-    return Submission(language="python3", source=source, limits=LIMITS, stdin=stdin,
-                      expected_output=expected)
+    return Submission(language="python3", source=source, limits=LIMITS, stdin=stdin.encode(),
+                      expected_output=None if expected is None else expected.encode())
 
 
 class FakeRunner:

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 from sandboxd.api import WEBHOOKS_OFF, CallbackCheck, create_app
 from sandboxd.config import AuthConfig, Config
 from sandboxd.metrics import Metrics
-from sandboxd.model import Result, Status, Submission, pending
+from sandboxd.model import Result, Status, Submission, decode_output, pending
 from sandboxd.service import QueueFull, ResultExpired, ShuttingDown, Stats
 
 RESULT_KEYS = {
@@ -39,8 +39,9 @@ def judged(submission: Submission) -> Result:
     """Accepted with the stdin echoed; "compile error" as source gives a Compile Error."""
     if submission.source == "compile error":
         return Result(status=Status.COMPILE_ERROR, compile_output="main.c:1: error\n")
-    return Result(status=Status.ACCEPTED, stdout=submission.stdin, exit_code=0, time_ms=42,
-                  wall_time_ms=50, memory_kb=8192)
+    stdout, exact_stdout = decode_output(submission.stdin)
+    return Result(status=Status.ACCEPTED, stdout=stdout, exact_stdout=exact_stdout, exit_code=0,
+                  time_ms=42, wall_time_ms=50, memory_kb=8192)
 
 
 class FakeService:
@@ -188,7 +189,7 @@ async def test_execute_queues_with_defaults(env: Env) -> None:
     assert status == 202
     assert set(body) == {"submission_id"}
     [submission] = env.service.submitted
-    assert submission.stdin == "" and submission.expected_output is None
+    assert submission.stdin == b"" and submission.expected_output is None
     assert submission.callback_url is None and submission.cache is True
     limits = submission.limits
     assert (limits.time_limit_ms, limits.wall_time_limit_ms, limits.memory_limit_mb) == (
@@ -210,7 +211,7 @@ async def test_execute_passes_every_field(make_env: MakeEnv) -> None:
     assert resp.status == 200
     [submission] = env.service.submitted
     assert submission.language == "python3" and submission.source == "print(input())"
-    assert submission.stdin == "hello" and submission.expected_output == "hello\n"
+    assert submission.stdin == b"hello" and submission.expected_output == b"hello\n"
     assert (submission.limits.time_limit_ms, submission.limits.wall_time_limit_ms) == (1000, 1500)
     assert submission.limits.memory_limit_mb == 128
     assert submission.callback_url == "https://judge.example/hook?x=1"
@@ -578,7 +579,7 @@ async def test_expected_output_longer_than_the_output_limit_is_400(
         assert env.service.submitted == []
     else:
         # Passed on unchanged: the verdict applies the comparison rule itself.
-        assert env.service.submitted[0].expected_output == expected
+        assert env.service.submitted[0].expected_output == expected.encode()
 
 
 async def test_expected_output_over_the_default_output_limit_is_400(env: Env) -> None:
@@ -645,7 +646,7 @@ async def test_batch_queues_every_member_in_order(env: Env) -> None:
     assert status == 202
     assert set(body) == {"submission_ids"} and len(body["submission_ids"]) == 5
     assert len(set(body["submission_ids"])) == 5
-    assert [s.stdin for s in env.service.submitted] == ["0", "1", "2", "3", "4"]
+    assert [s.stdin for s in env.service.submitted] == [b"0", b"1", b"2", b"3", b"4"]
 
 
 @pytest.mark.parametrize(("member", "error", "code"), [

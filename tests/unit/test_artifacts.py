@@ -330,7 +330,7 @@ async def test_the_runner_skips_an_identical_compile_and_serves_its_output() -> 
     first = await runner.run(SUBMISSION)
     # A BOM is no part of the program: the same artifact.
     again = await runner.run(dataclasses.replace(SUBMISSION, source="\ufeff" + SUBMISSION.source,
-                                                 stdin="other"))
+                                                 stdin=b"other"))
     assert first.compile_output == again.compile_output == "warning\n"
     changed = await runner.run(dataclasses.replace(SUBMISSION, source="print(2)"))
     assert changed.status is Status.ACCEPTED

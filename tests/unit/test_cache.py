@@ -12,8 +12,8 @@ from sandboxd.cache import NOT_IN_KEY, ResultCache, cache_key, is_cacheable
 from sandboxd.model import ExtraFile, JudgeCase, Limits, Result, Status, Submission
 
 LIMITS = Limits(time_limit_ms=1000, wall_time_limit_ms=3000, memory_limit_mb=128)
-BASE = Submission(language="python3", source="print(input())", limits=LIMITS, stdin="hi",
-                  expected_output="hi\n")
+BASE = Submission(language="python3", source="print(input())", limits=LIMITS, stdin=b"hi",
+                  expected_output=b"hi\n")
 
 # For every field of Submission that is in the key: another value. A field added to
 # Submission fails test_every_field_is_in_the_key_or_excluded until it is listed here
@@ -24,7 +24,7 @@ VARIANTS: dict[str, Any] = {
     "stdin": "hi\n",
     "expected_output": None,
     "limits": dataclasses.replace(LIMITS, time_limit_ms=1001),
-    "tests": (JudgeCase(stdin="hi", expected_output="hi\n"),),
+    "tests": (JudgeCase(stdin=b"hi", expected_output=b"hi\n"),),
     "stop_on_first_failure": False,
     "checker": "tokens",
     "checker_epsilon": 1e-3,
@@ -73,10 +73,10 @@ def test_the_key_is_a_stable_sha256() -> None:
     assert key == cache_key(dataclasses.replace(BASE))
     assert len(key) == 64 and int(key, 16) >= 0
     # No ambiguity between where one field ends and the next begins.
-    a = dataclasses.replace(BASE, source="ab", stdin="c")
-    b = dataclasses.replace(BASE, source="a", stdin="bc")
+    a = dataclasses.replace(BASE, source="ab", stdin=b"c")
+    b = dataclasses.replace(BASE, source="a", stdin=b"bc")
     assert cache_key(a) != cache_key(b)
-    assert cache_key(dataclasses.replace(BASE, expected_output="")) != cache_key(
+    assert cache_key(dataclasses.replace(BASE, expected_output=b"")) != cache_key(
         dataclasses.replace(BASE, expected_output=None))
 
 
@@ -167,8 +167,8 @@ def _tests_result(*entries: dict[str, Any]) -> Result:
 
 
 def test_a_multi_test_result_is_cached_only_if_every_test_would_repeat() -> None:
-    cases = (JudgeCase(stdin="1"), JudgeCase(stdin="2", time_limit_ms=500))
-    submission = dataclasses.replace(BASE, stdin="", expected_output=None, tests=cases,
+    cases = (JudgeCase(stdin=b"1"), JudgeCase(stdin=b"2", time_limit_ms=500))
+    submission = dataclasses.replace(BASE, stdin=b"", expected_output=None, tests=cases,
                                      stop_on_first_failure=False)
     wrong = {"status": "Wrong Answer", "time_ms": 1}
     assert is_cacheable(submission, _tests_result(wrong, {"status": "Accepted", "time_ms": 1}))

@@ -93,7 +93,7 @@ def test_run_builds_the_submission_the_api_would(tmp_path, hello):
 
     submission = cli.build_submission(args, config, server.load_languages(config))
     assert submission.language == "python3" and submission.source == "print(input())\n"
-    assert submission.stdin == "hi\n" and submission.expected_output == "hi\n"
+    assert submission.stdin == b"hi\n" and submission.expected_output == b"hi\n"
     assert (submission.limits.time_limit_ms, submission.limits.wall_time_limit_ms,
             submission.limits.memory_limit_mb) == (500, 2000, 64)
     assert submission.callback_url is None

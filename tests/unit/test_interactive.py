@@ -29,7 +29,7 @@ async def test_interactor_fields_are_passed(env: Env) -> None:
     assert (await post(env, body))[0] == 202
     [submission] = env.service.submitted
     assert (submission.interactor_source, submission.interactor_language) == ("import sys", "c")
-    assert (submission.stdin, submission.expected_output) == ("5 30", "5")
+    assert (submission.stdin, submission.expected_output) == (b"5 30", b"5")
 
 
 async def test_an_expected_output_for_the_interactor_is_not_bound_by_the_output_limit(
@@ -41,7 +41,7 @@ async def test_an_expected_output_for_the_interactor_is_not_bound_by_the_output_
     tests = [{"stdin": "1", "expected_output": long}]
     assert (await post(env, {**BASE, **INTERACTOR, "tests": tests}))[0] == 202
     assert [s.tests[0].expected_output if s.tests else s.expected_output
-            for s in env.service.submitted] == [long, long]
+            for s in env.service.submitted] == [long.encode(), long.encode()]
 
 
 async def test_interactor_with_tests_is_passed(env: Env) -> None:

@@ -4,12 +4,14 @@ that survive a reopen, a versioned schema, clear errors for a journal it cannot 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import orjson
 import pytest
 
 from sandboxd.callbacks import Delivery, DeliveryStore
@@ -25,7 +27,7 @@ from sandboxd.journal import (
     encode_result,
     encode_submission,
 )
-from sandboxd.model import Limits, Result, Status, Submission
+from sandboxd.model import JudgeCase, Limits, Result, Status, Submission
 
 LIMITS = Limits(time_limit_ms=1500, wall_time_limit_ms=4000, memory_limit_mb=64)
 
@@ -45,7 +47,7 @@ async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
 
 
 def test_submission_and_result_round_trip() -> None:
-    sub = submission("print('é ✓')\n", stdin="x\0y", expected_output="1\n",
+    sub = submission("print('é ✓')\n", stdin=b"x\0y", expected_output=b"1\n",
                      callback_url="http://127.0.0.1:9/hook", cache=False)
     assert decode_submission(encode_submission(sub)) == sub
     result = Result(status=Status.WRONG_ANSWER, stdout="ä\n", stderr="", exit_code=0,
@@ -66,6 +68,71 @@ def test_decoding_takes_defaults_for_missing_fields_and_refuses_unknown_ones() -
         from_plain(Submission, {**to_plain(submission()), "limits": "fast"})
     with pytest.raises(DecodeError, match="status"):
         from_plain(Result, {"status": "Pending Review"})
+
+
+ANY_BYTES = bytes(range(256))
+
+
+def test_any_bytes_round_trip_through_the_stored_json() -> None:
+    # orjson refuses lone surrogates, so bytes are never smuggled through str: the
+    # model holds bytes and the codec stores them as base64.
+    cases = (JudgeCase(stdin=b"\xff\x00", expected_output=b"\x80\n"), JudgeCase())
+    sub = submission(stdin=ANY_BYTES, expected_output=b"\xfe\xff", tests=cases)
+    stored = encode_submission(sub)
+    assert decode_submission(stored) == sub
+    assert orjson.loads(stored)["stdin"] == base64.b64encode(ANY_BYTES).decode()
+    result = Result(status=Status.ACCEPTED, stdout="\ufffd", exact_stdout=b"\xff",
+                    stderr="\ufffd", exact_stderr=b"\x80",
+                    compile_output="\ufffd", exact_compile_output=b"\xc3")
+    assert decode_result(encode_result(result)) == result
+
+
+def test_a_submission_stored_by_an_older_release_reads_its_text_inputs() -> None:
+    # Before format 2, stdin and expected_output were JSON strings, in the journal
+    # and in Redis streams alike: they are read as the text they were (UTF-8).
+    old = to_plain(submission())
+    old.update(stdin="é ✓\n", expected_output="ok\n",
+               tests=[{"stdin": "1", "expected_output": None, "time_limit_ms": None,
+                       "wall_time_limit_ms": None}, {"stdin": "2"}])
+    decoded = decode_submission(orjson.dumps(old))
+    assert (decoded.stdin, decoded.expected_output) == ("é ✓\n".encode(), b"ok\n")
+    assert decoded.tests == (JudgeCase(stdin=b"1"), JudgeCase(stdin=b"2"))
+    # A legacy result has no exact_* fields: its text is its output.
+    legacy_result = {"status": "Accepted", "stdout": "ä\n"}
+    assert decode_result(orjson.dumps(legacy_result)).output_bytes("stdout") == "ä\n".encode()
+    with pytest.raises(DecodeError, match="format 3"):
+        decode_submission(orjson.dumps({**old, "format": 3}))  # a newer release's
+
+
+async def test_a_version_2_journal_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    await (await Journal.open(path)).close()
+    old = to_plain(submission(source="print(input())"))
+    old.update(stdin="é\n", expected_output="é\n")
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO jobs (id, accepted_at, state, submission) "
+                 "VALUES ('queued', 1.0, 'queued', ?)", (orjson.dumps(old),))
+    conn.execute("INSERT INTO jobs (id, accepted_at, state, submission) "
+                 "VALUES ('damaged', 2.0, 'queued', x'7b')")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    journal = await Journal.open(path)
+    try:
+        queued, damaged = await journal.load()
+        assert queued.submission == submission(source="print(input())", stdin="é\n".encode(),
+                                               expected_output="é\n".encode())
+        assert damaged.submission is None and damaged.unreadable  # left as it was
+    finally:
+        await journal.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        [stored] = conn.execute("SELECT submission FROM jobs WHERE id = 'queued'").fetchone()
+        assert orjson.loads(stored)["format"] == 2  # rewritten in today's shape
+        assert base64.b64decode(orjson.loads(stored)["stdin"]) == "é\n".encode()
+    finally:
+        conn.close()
 
 
 # -- opening ------------------------------------------------------------------------

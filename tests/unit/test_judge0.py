@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 import pytest
 from judge0 import base_types as sdk_types  # the official SDK (test extra)
 from judge0 import data as sdk_data
@@ -105,7 +106,7 @@ async def test_create_answers_201_with_a_uuid_token(env: Env) -> None:
     assert judge0._TOKEN.fullmatch(body["token"])
     submission = env.service.submitted[0]
     assert (submission.language, submission.source, submission.stdin) == (
-        "python3", "print(input())", "hi")
+        "python3", "print(input())", b"hi")
 
 
 async def test_judge0_defaults_apply_when_limits_are_absent(env: Env) -> None:
@@ -217,15 +218,21 @@ async def test_base64_fields_are_decoded(env: Env) -> None:
     assert status == 201
     submission = env.service.submitted[0]
     assert (submission.source, submission.stdin, submission.expected_output) == (
-        "print(1)\n", "é\x00\n", "1\n")
+        "print(1)\n", "é\x00\n".encode(), b"1\n")
 
 
-@pytest.mark.parametrize(("value", "rule"), [("not base64!", "must be base64"),
-                                             (b64(b"\xff\xfe"), "not UTF-8")])
-async def test_bad_base64_is_422(env: Env, value: str, rule: str) -> None:
+@pytest.mark.parametrize(("field", "value", "rule"), [
+    ("stdin", "not base64!", "must be base64"),
+    ("expected_output", "YWJj$", "must be base64"),
+    # Input may be any bytes; source code must be text a compiler reads as UTF-8.
+    ("source_code", b64(b"print(1)\xff\xfe"), "not UTF-8 (byte 8)"),
+])
+async def test_bad_base64_is_422(env: Env, field: str, value: str, rule: str) -> None:
     status, body = await call(env, "POST", "/submissions?base64_encoded=true",
-                              {**GOOD, "source_code": b64("print(1)"), "stdin": value})
-    assert status == 422 and rule in body["stdin"][0]
+                              {**GOOD, "source_code": b64("print(1)"), "stdin": b64("hi"),
+                               field: value})
+    assert status == 422 and rule in body[field][0], body
+    assert env.service.submitted == []
 
 
 async def test_bad_query_flags_and_bodies_are_400(env: Env) -> None:
@@ -245,6 +252,42 @@ async def test_wait_returns_the_result_with_fields(env: Env) -> None:
     assert (body["time"], body["memory"]) == ("0.042", 8192)
     status, body = await call(env, "POST", "/submissions?wait=true&fields=stdout,token", GOOD)
     assert set(body) == {"stdout", "token"}
+
+
+ARBITRARY = bytes(range(256)) + b"\xff\x00\xfe\x80"
+
+
+async def test_base64_carries_any_bytes_in_and_out(env: Env) -> None:
+    # The fake judge echoes stdin as stdout: the bytes come back exactly in base64,
+    # and as text (U+FFFD for what is not UTF-8) without ?base64_encoded.
+    body = {**GOOD, "source_code": b64("print(input())"), "stdin": b64(ARBITRARY),
+            "expected_output": b64(b"\x80\xff\n")}
+    status, answer = await call(env, "POST", "/submissions?base64_encoded=true&wait=true", body)
+    assert status == 201, answer
+    submission = env.service.submitted[0]
+    assert (submission.stdin, submission.expected_output) == (ARBITRARY, b"\x80\xff\n")
+    assert base64.b64decode(answer["stdout"]) == ARBITRARY
+    status, shown = await call(env, "GET", f"/submissions/{answer['token']}")
+    assert shown["stdout"] == ARBITRARY.decode("utf-8", errors="replace")
+    status, batch = await call(env, "POST", "/submissions/batch?base64_encoded=true",
+                               {"submissions": [body, {**body, "stdin": b64(b"\x81")}]})
+    assert status == 201 and all("token" in item for item in batch), batch
+    assert [s.stdin for s in env.service.submitted[1:]] == [ARBITRARY, b"\x81"]
+    tokens = ",".join(item["token"] for item in batch)
+    status, shown_batch = await call(
+        env, "GET", f"/submissions/batch?tokens={tokens}&base64_encoded=true&fields=stdout")
+    assert [base64.b64decode(item["stdout"]) for item in shown_batch["submissions"]] == [
+        ARBITRARY, b"\x81"]
+
+
+def test_the_callback_carries_the_exact_bytes() -> None:
+    result = Result(status=Status.RUNTIME_ERROR, exit_code=1, stdout="\ufffd",
+                    exact_stdout=b"\xff", stderr="\ufffd(", exact_stderr=b"\xc3(",
+                    compile_output="ok \ufffd", exact_compile_output=b"ok \x80")
+    body = orjson.loads(judge0.callback_body("ab" * 16, result))
+    assert [base64.b64decode(body[name]) for name in judge0.OUTPUT_FIELDS] == [
+        b"\xff", b"\xc3(", b"ok \x80"]
+    assert base64.b64decode(body["message"]) == b"Exited with error status 1"
 
 
 async def test_wait_past_the_cap_shows_in_queue(env: Env) -> None:

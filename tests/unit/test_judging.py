@@ -75,7 +75,7 @@ def test_shortest_match_size_per_checker() -> None:
 def test_a_multi_test_submission_survives_the_journal_codec() -> None:
     submission = Submission(
         language="c", source="x", limits=Limits(1000, 3000, 64),
-        tests=(JudgeCase(stdin="1", expected_output="1\n", time_limit_ms=500,
+        tests=(JudgeCase(stdin=b"1", expected_output=b"1\n", time_limit_ms=500,
                          wall_time_limit_ms=2000), JudgeCase()),
         stop_on_first_failure=False, checker="float", checker_epsilon=1e-3)
     assert from_plain(Submission, to_plain(submission)) == submission
@@ -104,9 +104,9 @@ async def test_tests_are_passed_with_their_own_limits(env: Env) -> None:
     assert status == 202, answer
     [submission] = env.service.submitted
     assert submission.tests == (
-        JudgeCase(stdin="1", expected_output="1\n"),
+        JudgeCase(stdin=b"1", expected_output=b"1\n"),
         # A test's own time limit brings the default wall limit for it (2 x + 1 s).
-        JudgeCase(stdin="2", time_limit_ms=500, wall_time_limit_ms=2000),
+        JudgeCase(stdin=b"2", time_limit_ms=500, wall_time_limit_ms=2000),
         JudgeCase(time_limit_ms=400, wall_time_limit_ms=900),
     )
     assert submission.stop_on_first_failure is False

@@ -62,7 +62,8 @@ def test_verdict_is_pure():
                     "sandboxd.outputs.check_output", "sandboxd.jail.spec",
                     "sandboxd.jail.spec.JailOutcome",
                     "sandboxd.jail.spec.Termination", "sandboxd.outputs",
-                    "sandboxd.outputs.outputs_match"}, mods
+                    "sandboxd.outputs.outputs_match", "sandboxd.outputs.as_text",
+                    "sandboxd.model.decode_output"}, mods
 
 
 @pytest.mark.parametrize("name", ["metrics.py", "logs.py"])

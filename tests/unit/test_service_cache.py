@@ -61,10 +61,10 @@ async def test_a_miss_on_any_key_part_runs_again() -> None:
     runner = FakeRunner()
     svc = make(runner)
     await svc.start()
-    base = submission("same", stdin="1")
-    variants = [base, dataclasses.replace(base, stdin="2"),
+    base = submission("same", stdin=b"1")
+    variants = [base, dataclasses.replace(base, stdin=b"2"),
                 dataclasses.replace(base, language="pypy3"),
-                dataclasses.replace(base, expected_output="same"),
+                dataclasses.replace(base, expected_output=b"same"),
                 dataclasses.replace(base, limits=dataclasses.replace(base.limits,
                                                                      memory_limit_mb=64))]
     for variant in variants:

@@ -158,7 +158,7 @@ def test_table_order_is_specs_precedence() -> None:
 def test_decide(
     compile: JailOutcome | None, run: JailOutcome | None, expected: str | None, status: Status
 ) -> None:
-    assert decide(compile, run, expected) is status
+    assert decide(compile, run, None if expected is None else expected.encode()) is status
 
 
 # -- a runtime's own out-of-memory failure ---------------------------------------------
@@ -262,7 +262,7 @@ def test_bom_at_the_start_of_expected_output_is_ignored() -> None:
     # Only a leading BOM of the expected output is an editor's mark.
     assert not outputs_match("42\n", "4\ufeff2\n")
     assert not outputs_match("\ufeff42\n", "42\n")
-    assert decide(None, ok(stdout=b"42\n"), "\ufeff42\r\n") is Status.ACCEPTED
+    assert decide(None, ok(stdout=b"42\n"), "\ufeff42\r\n".encode()) is Status.ACCEPTED
 
 
 @pytest.mark.parametrize(
@@ -358,9 +358,40 @@ def test_invalid_utf8_is_replaced() -> None:
     assert result.stderr == "\ufffd"
 
 
-def test_wrong_answer_on_invalid_utf8_output() -> None:
-    assert decide(None, ok(stdout=b"\xff"), "\ufffd") is Status.ACCEPTED
-    assert decide(None, ok(stdout=b"\xff"), "x") is Status.WRONG_ANSWER
+def test_output_that_is_not_utf8_is_compared_byte_for_byte() -> None:
+    # Bytes that are not UTF-8 match only the same bytes: never the U+FFFD shown for
+    # them, never whitespace (0x85 and 0xa0 are in Latin-1), never part of a number.
+    assert decide(None, ok(stdout=b"\xff"), b"\xff") is Status.ACCEPTED
+    assert decide(None, ok(stdout=b"\xff"), "\ufffd".encode()) is Status.WRONG_ANSWER
+    assert decide(None, ok(stdout=b"\xff"), b"\xfe") is Status.WRONG_ANSWER
+    assert decide(None, ok(stdout=b"\xff"), b"x") is Status.WRONG_ANSWER
+    assert decide(None, ok(stdout=b"\x80\xff \t\r\n\n"), b"\x80\xff") is Status.ACCEPTED
+    for checker in ("tokens", "unordered-lines", "float", "exact"):
+        assert decide(None, ok(stdout=b"1\xa02\n"), b"1\xa02\n", checker=checker) \
+            is Status.ACCEPTED, checker
+    assert decide(None, ok(stdout=b"1\x852"), b"1 2", checker="tokens") is Status.WRONG_ANSWER
+    assert decide(None, ok(stdout=b"1\xa0"), b"1", checker="float") is Status.WRONG_ANSWER
+    assert decide(None, ok(stdout=b"\xef\xbb\xbf\xff"), b"\xff") is Status.WRONG_ANSWER
+
+
+def test_output_keeps_its_exact_bytes_only_when_the_text_is_not_exact() -> None:
+    text = to_result(Status.ACCEPTED, None, ok(stdout="é\ufffd\n".encode(), stderr=b""))
+    assert (text.stdout, text.exact_stdout) == ("é\ufffd\n", None)
+    assert text.output_bytes("stdout") == "é\ufffd\n".encode()
+    raw = to_result(Status.RUNTIME_ERROR, None,
+                    ok(exit_code=1, stdout=b"\x80\xff", stderr=b"\xc3(\n"))
+    assert (raw.stdout, raw.exact_stdout) == ("\ufffd\ufffd", b"\x80\xff")
+    assert (raw.stderr, raw.exact_stderr) == ("\ufffd(\n", b"\xc3(\n")
+    assert raw.output_bytes("stderr") == b"\xc3(\n" and raw.output_bytes("compile_output") == b""
+    assert "exact_stdout" not in raw.to_json("x")  # the native API shows text
+    # Compile output: stdout then stderr, then the daemon's own notes, exact.
+    compiled = ok(exit_code=1, stdout=b"a.c: \xe9t\xe9\n", stderr=b"\xff", output_exceeded=True)
+    failed_compile = to_result(Status.COMPILE_ERROR, compiled, None)
+    assert failed_compile.compile_output.startswith("a.c: \ufffdt\ufffd\n\ufffd\n[sandboxd:")
+    assert failed_compile.output_bytes("compile_output") == (
+        b"a.c: \xe9t\xe9\n\xff\n" + COMPILE_OUTPUT_TRUNCATED.encode())
+    with pytest.raises(ValueError):
+        raw.output_bytes("message")
 
 
 def test_internal_error_carries_setup_error() -> None:
