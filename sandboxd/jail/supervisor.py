@@ -311,7 +311,8 @@ class Sandbox:
                                     stdin_fd=stdin_fd, stdout_fd=stdout_fd).run()
         finally:
             await box.discard()
-            self._pool.refill(spec.slot, shape, self._spawn)
+            if box.started.done():  # a shape whose box cannot be built gets no warm one
+                self._pool.refill(spec.slot, shape, self._spawn)
         if trace is None:
             return outcome
         trace.append(("S cgroup removed", time.monotonic_ns()))

@@ -12,13 +12,15 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import MUST_WORK
-from tests.e2e.conftest import Daemon, free_port, start_daemon
+from tests.e2e.conftest import Daemon, free_port, start_daemon, stop_daemon
 
 WORKERS = 2
 # Box slot N runs as uid_base + 2N and + 1: each daemon here has a range of its own,
@@ -101,3 +103,19 @@ def start_redis_daemon(tmp_path: Path, index: int, redis_url: str, **kwargs) -> 
                                                            **kwargs),
                         state_dir=STATE_DIR, journal="none", log_name=f"daemon-{index}-"
                         f"{free_port()}.log", languages=["python3", "c"])
+
+
+@contextmanager
+def redis_daemon_pair(tmp_path: Path) -> Iterator[tuple[Daemon, Daemon]]:
+    """A redis-server of the test's own and two daemons sharing it, stopped after."""
+    require_redis_server()
+    server = RedisServer(free_port(), tmp_path)
+    server.start()
+    daemons: list[Daemon] = []
+    try:
+        daemons = [start_redis_daemon(tmp_path, index, server.url) for index in (0, 1)]
+        yield daemons[0], daemons[1]
+    finally:
+        for d in daemons:
+            stop_daemon(d)
+        server.stop()

@@ -219,15 +219,9 @@ def test_the_sdk_works_against_daemons_sharing_redis(tmp_path: Path) -> None:
     """A token issued by one daemon is answered by another: the Judge0 face goes through
     the same JobService, whichever backs it."""
     require_kernel()
-    from tests.e2e.conftest import free_port
-    from tests.e2e.redis_fixtures import RedisServer, require_redis_server, start_redis_daemon
+    from tests.e2e.redis_fixtures import redis_daemon_pair
 
-    require_redis_server()
-    server = RedisServer(free_port(), tmp_path)
-    server.start()
-    daemons: list[Daemon] = []
-    try:
-        daemons = [start_redis_daemon(tmp_path, index, server.url) for index in (0, 1)]
+    with redis_daemon_pair(tmp_path) as daemons:
         first, second = (judge0.Client(d.url) for d in daemons)
         submissions = [judge0.Submission(source_code=f"print({n} + 1)", language=judge0.PYTHON)
                        for n in range(3)]
@@ -235,10 +229,6 @@ def test_the_sdk_works_against_daemons_sharing_redis(tmp_path: Path) -> None:
         done = judge0.wait(client=second, submissions=submissions)
         assert [s.stdout for s in done] == ["1\n", "2\n", "3\n"]
         assert all(s.status == judge0.Status.ACCEPTED for s in done)
-    finally:
-        for d in daemons:
-            stop_daemon(d)
-        server.stop()
 
 
 def test_the_sdk_authenticates_with_x_auth_token(tmp_path: Path) -> None:

@@ -211,23 +211,12 @@ def test_bytes_survive_the_journal_across_restarts(tmp_path: Path) -> None:
 def test_bytes_survive_the_redis_backend(tmp_path: Path) -> None:
     """Submitted to one daemon, run by whichever takes it, read from the other."""
     require_kernel()
-    from tests.e2e.conftest import free_port
-    from tests.e2e.redis_fixtures import RedisServer, require_redis_server, start_redis_daemon
+    from tests.e2e.redis_fixtures import redis_daemon_pair
 
-    require_redis_server()
-    server = RedisServer(free_port(), tmp_path)
-    server.start()
-    daemons: list[Daemon] = []
-    try:
-        daemons = [start_redis_daemon(tmp_path, index, server.url) for index in (0, 1)]
-        first, second = daemons
+    with redis_daemon_pair(tmp_path) as (first, second):
         answer = submit(first, PYTHON, ECHO_PY, wait=False, stdin=ANY_BYTES,
                         expected_output=ANY_BYTES[:-1] + b"\x81")
         shown = wait_final(second, answer["token"])
         assert shown["status"]["id"] == 4, shown  # compared with the stored bytes
         assert (unb64(shown["stdout"]), unb64(shown["stderr"])) == (ANY_BYTES,
                                                                      ANY_BYTES[::-1])
-    finally:
-        for d in daemons:
-            stop_daemon(d)
-        server.stop()
