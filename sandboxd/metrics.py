@@ -107,6 +107,13 @@ class Metrics(Observer):
               "taken yet (all hosts sharing the queue).",
               registry=self.registry).set_function(oldest_waiting_s)
 
+    def watch_sandbox(self, warm_boxes: Callable[[], int]) -> None:
+        """The boxes built ahead and waiting for a job (or being built), read at each
+        scrape: at most sandbox.warm_boxes per worker slot."""
+        Gauge("sandboxd_warm_boxes", "Boxes built ahead (namespaces, mounts, pivot_root "
+              "done) waiting for a job, or being built.",
+              registry=self.registry).set_function(warm_boxes)
+
     def render(self, stats: Stats) -> bytes:
         """The Prometheus text exposition, with the gauges read from `stats` now."""
         self.queue_depth.set(stats.queued)

@@ -187,6 +187,7 @@ async def _serve(config: Config, host: str, port: int, registry: languages_mod.R
     try:
         # The observer of runner and service, and the /metrics endpoint's registry.
         metrics = Metrics()
+        metrics.watch_sandbox(lambda: len(sandbox.warm_box_names()))
         runner = Runner(sandbox, registry, config, observer=metrics)
         await probe_versions(runner, registry)
         store = journal if journal is not None else webhooks.MemoryDeliveryStore()

@@ -594,6 +594,7 @@ class _BoxRun:
             self._take_socket.close()
 
     def _on_message(self, message: dict) -> None:
+        self.owner.on_setup_message(message)  # a cold box's STARTED: it was built
         kind = message.get("kind")
         if kind == "STARTED" and not self.taken:
             self._stamp("S STARTED read")

@@ -228,7 +228,8 @@ def test_wait_past_the_cap_answers_202_with_the_id_then_the_result_is_final(daem
 
 def test_metrics_counters_move_after_a_real_job(daemon):
     before = scrape(daemon)
-    for name in ("sandboxd_queue_depth", "sandboxd_jobs_running", "sandboxd_cache_hits_total",
+    for name in ("sandboxd_queue_depth", "sandboxd_jobs_running", "sandboxd_warm_boxes",
+                 "sandboxd_cache_hits_total",
                  "sandboxd_sandbox_failures_total", "sandboxd_webhook_attempts_total",
                  "sandboxd_job_seconds_bucket", "sandboxd_run_step_seconds_bucket"):
         assert f"\n{name}" in before or f"# TYPE {name.removesuffix('_bucket')}" in before, name
@@ -247,6 +248,8 @@ def test_metrics_counters_move_after_a_real_job(daemon):
     assert metric(after, compiles) == metric(before, compiles) + 1
     assert metric(after, jobs) == metric(before, jobs) + 1
     assert metric(after, "sandboxd_queue_depth") >= 0
+    # The run's slot got a box built for its next job (sandbox.warm_boxes = 1).
+    assert metric(after, "sandboxd_warm_boxes") >= 1
 
 
 def test_every_finished_job_is_one_json_log_line(daemon):

@@ -231,6 +231,33 @@ async def test_a_warm_box_was_built_before_its_job_came(sandbox, registry):
     assert not set(BUILD_IN_ORDER) & set(names)
 
 
+async def test_a_run_leaves_a_warm_box_for_its_slots_next_job(sandbox, registry):
+    """No prewarm: a cold run's end builds the next box of its slot and shape, and the
+    next run of that shape takes it."""
+    await sandbox.discard_warm_boxes()
+    async with sandbox.slot() as slot:
+        outcomes = []
+        for _ in range(2):
+            ws = sandbox.workspace(slot, 64)
+            try:
+                spec = spec_for(sandbox, registry, ["/bin/true"],
+                                binds=ws.binds_for_next_step(), slot=slot, trace_steps=True)
+                outcomes.append(await sandbox.run(spec))
+                for _ in range(500):  # the refill starts when the run ends, in the background
+                    if sandbox.warm_box_names():
+                        break
+                    await asyncio.sleep(0.01)
+                assert len(sandbox.warm_box_names()) == 1
+                await sandbox.prewarm(spec)  # that box, built in a moment: nothing new
+                assert len(sandbox.warm_box_names()) == 1
+            finally:
+                ws.destroy()
+    first, second = outcomes
+    assert "S box spawned" in {n for n, _ in first.steps}, first.steps
+    assert second.exit_code == 0, second
+    assert [n for n, _ in second.steps][:2] == ["S run", "S warm box taken"]
+
+
 async def test_each_run_gets_its_own_box_never_a_used_one(sandbox, registry):
     """Single use: each run's box is a new one, never an earlier run's again, even with
     the pool on: a process an earlier run left running (in a box that was reused) would
