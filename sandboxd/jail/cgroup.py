@@ -216,7 +216,7 @@ class CgroupBackend(ABC):
                     continue
                 cgroup = self.open(path.name)
                 cgroup.kill_all()
-                _wait_empty(cgroup)
+                wait_empty(cgroup)
                 cgroup.remove()
                 removed += 1
         return removed
@@ -225,7 +225,9 @@ class CgroupBackend(ABC):
     def open(self, name: str) -> Cgroup: ...
 
 
-def _wait_empty(cgroup: Cgroup, timeout: float = 5.0) -> None:
+def wait_empty(cgroup: Cgroup, timeout: float = 5.0) -> None:
+    """Kill every process of `cgroup` until none is left (blocking); JailError if some
+    survive `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while cgroup.pids():
         if time.monotonic() > deadline:

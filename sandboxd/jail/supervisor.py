@@ -113,7 +113,6 @@ class Sandbox:
         that slot ran last; 0: every box is built when its job comes."""
         self.state_dir = Path(state_dir)
         self.slot_count = slots
-        self.warm_boxes = warm_boxes
         self._pool = _WarmPool(warm_boxes)
         self._filters: dict[tuple[SeccompProfile, int], bytes] = {}
         self.uid_base = uid_base
@@ -253,9 +252,13 @@ class Sandbox:
         box.fds.close_child_ends()
         return box
 
+    @property
+    def warm_boxes(self) -> int:
+        return self._pool.per_slot
+
     async def set_warm_boxes(self, per_slot: int) -> None:
         """Change how many boxes the pool keeps per slot (0: none, the pool emptied)."""
-        self.warm_boxes = self._pool.per_slot = per_slot
+        self._pool.per_slot = per_slot
         if per_slot == 0:
             await self.discard_warm_boxes()
 
@@ -379,12 +382,7 @@ class _Box:
         self.close_fds()
         self.leave_owner()
         try:
-            deadline = time.monotonic() + 5.0
-            while True:
-                self.cgroup.kill_all()
-                if not self.cgroup.pids() or time.monotonic() > deadline:
-                    break
-                time.sleep(0.002)
+            cg.wait_empty(self.cgroup)
             self.cgroup.remove()
         except (OSError, JailError) as e:
             log.warning("warm box %s: %s", self.cgroup.name, e)
@@ -511,7 +509,7 @@ class _BoxRun:
         self.client = box.client
         self.stdin_fd = stdin_fd  # owned from here on: JobFds closes them
         self.stdout_fd = stdout_fd
-        self.owner = box
+        self.built = box
         assert box.fds is not None and box.report is not None
         self.fds = box.fds
         self.report = box.report
@@ -572,9 +570,9 @@ class _BoxRun:
         trees: list[int] = []
         try:
             wanted = _cgroup_limits(lim)
-            if self.owner.limits != wanted:  # a warm box: still the setup's
+            if self.built.limits != wanted:  # a warm box: still the setup's
                 self.box.set_limits(wanted)
-                self.owner.limits = wanted
+                self.built.limits = wanted
             for bind in self.late:
                 trees.append(_libc.detached_bind(
                     bind.source, mounts.RW_FLAGS if bind.writable else mounts.RO_FLAGS))
@@ -595,7 +593,7 @@ class _BoxRun:
             self._take_socket.close()
 
     def _on_message(self, message: dict) -> None:
-        self.owner.on_setup_message(message)  # a cold box's STARTED: it was built
+        self.built.on_setup_message(message)  # a cold box's STARTED: it was built
         kind = message.get("kind")
         if kind == "STARTED" and not self.taken:
             self._stamp("S STARTED read")
@@ -644,7 +642,7 @@ class _BoxRun:
                 # Only this run's messages count: the warm-up's STARTED was long ago.
                 self.report.forget()
             self.report.on_message = self._on_message
-            if self.owner.started.done() and not self.taken:
+            if self.built.started.done() and not self.taken:
                 self._take()  # a warm box: the job goes at once
         except BaseException:
             for reader in (self.stdout, self.stderr):

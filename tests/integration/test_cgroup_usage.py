@@ -110,7 +110,7 @@ def box(sandbox) -> Iterator[cg.Cgroup]:
         yield b
     finally:
         b.kill_all()
-        cg._wait_empty(b)
+        cg.wait_empty(b)
         b.remove()
 
 
